@@ -1,0 +1,43 @@
+# The few commands everyone uses. `make demo` and `make test` are the README's two commands.
+PYTHON ?= python3
+VENV := .venv
+TEST_VENV := .venv-test
+LINTED := model stages engine jobs tests benchmarks
+
+.PHONY: demo test lint typecheck unit bench clean
+
+# Runtime environment: the CPU build of torch (falls back to the registry's torch).
+$(VENV)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q "torch==2.13.0" || $(VENV)/bin/python -m pip install -q torch
+	$(VENV)/bin/python -m pip install -q -e .
+	touch $@
+
+# Test environment: adds the official segment-anything package (the oracle) and its
+# torchvision, which brings its own torch build.
+$(TEST_VENV)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/python -m pip install -q -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.ready
+	$(VENV)/bin/python -m jobs.demo
+
+test: $(TEST_VENV)/.ready lint typecheck
+	$(TEST_VENV)/bin/python -m pytest -q
+
+unit: $(TEST_VENV)/.ready
+	$(TEST_VENV)/bin/python -m pytest -q -m "not slow"
+
+lint: $(TEST_VENV)/.ready
+	$(TEST_VENV)/bin/python -m ruff check $(wildcard $(LINTED))
+	$(TEST_VENV)/bin/python -m ruff format --check $(wildcard $(LINTED))
+
+typecheck: $(TEST_VENV)/.ready
+	$(TEST_VENV)/bin/python -m mypy
+
+bench: $(TEST_VENV)/.ready
+	$(TEST_VENV)/bin/python -m benchmarks.bench_model
+
+clean:
+	rm -rf $(VENV) $(TEST_VENV) outputs

@@ -1,0 +1,104 @@
+"""Mask decoder: two-way transformer, x4 upscaling, hypernetwork MLPs, IoU head.
+
+Parameter names follow the official checkpoints (`iou_token`, `mask_tokens`,
+`transformer.*`, `output_upscaling.{0,1,3}`, `output_hypernetworks_mlps.<i>.layers.<j>`,
+`iou_prediction_head.layers.<j>`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model.common import MLP, LayerNorm2d
+from model.transformer import TwoWayTransformer
+
+
+class MaskDecoder(nn.Module):
+    def __init__(
+        self,
+        *,
+        transformer_dim: int,
+        transformer: TwoWayTransformer,
+        num_multimask_outputs: int = 3,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+            for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(
+            transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
+        )
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-res mask logits B x M x 4h x 4w and IoU predictions B x M.
+
+        M is `num_multimask_outputs` when `multimask_output`, else 1 (the single-mask
+        token). image_embeddings: 1 or B x C x h x w; dense: 1 or B x C x h x w.
+        """
+        selected = range(1, self.num_mask_tokens) if multimask_output else range(0, 1)
+        return self.predict_masks(
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            selected=selected,
+        )
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        *,
+        selected: range | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks and IoU predictions for the mask tokens in `selected` (all by default)."""
+        selected = selected if selected is not None else range(self.num_mask_tokens)
+        batch = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens.expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
+        src = image_embeddings + _collapse_broadcast(dense_prompt_embeddings)
+        channels, height, width = src.shape[1:]
+        hs, image_tokens = self.transformer(src, image_pe, tokens)
+        image_tokens = image_tokens.expand(batch, -1, -1)
+        upscaled = self.output_upscaling(
+            image_tokens.transpose(1, 2).reshape(batch, channels, height, width)
+        )
+        hyper_in = torch.stack(
+            [self.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in selected], dim=1
+        )
+        masks = (hyper_in @ upscaled.flatten(2)).unflatten(-1, upscaled.shape[-2:])
+        iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, selected.start : selected.stop]
+        return masks, iou_pred
+
+
+def _collapse_broadcast(dense: torch.Tensor) -> torch.Tensor:
+    """A batch that is an expanded view of one tensor is handed on as batch 1."""
+    if dense.shape[0] > 1 and dense.stride(0) == 0:
+        return dense[:1]
+    return dense

@@ -1,0 +1,116 @@
+"""`Sam` composes an image encoder, a prompt encoder and a mask decoder it is given."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from model.image_encoder import ImageEncoderViT
+from model.mask_decoder import MaskDecoder
+from model.prompt_encoder import PromptEncoder
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class Sam(nn.Module):
+    mask_threshold: float = 0.0
+    image_format: str = "RGB"
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
+
+    def __init__(
+        self,
+        *,
+        image_encoder: ImageEncoderViT,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        pixel_mean: tuple[float, float, float] = PIXEL_MEAN,
+        pixel_std: tuple[float, float, float] = PIXEL_STD,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def img_size(self) -> int:
+        return self.image_encoder.img_size
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 3 x h x w RGB (0..255, long side already resized) -> normalized B x 3 x S x S,
+        zero-padded at the bottom and right."""
+        x = (x - self.pixel_mean) / self.pixel_std
+        pad_h = self.img_size - x.shape[-2]
+        pad_w = self.img_size - x.shape[-1]
+        return F.pad(x, (0, pad_w, 0, pad_h))
+
+    def postprocess_masks(
+        self,
+        masks: torch.Tensor,
+        input_size: tuple[int, ...],
+        original_size: tuple[int, ...],
+    ) -> torch.Tensor:
+        """B x M x h x w low-res logits -> B x M x H x W logits in original-image pixels:
+        upsample to the padded model input, drop the padding, resize to the original."""
+        size = (self.img_size, self.img_size)
+        masks = F.interpolate(masks, size, mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+
+    def decode(
+        self,
+        image_embeddings: torch.Tensor,
+        *,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode B prompt sets against 1 (shared) or B image embeddings.
+
+        Coordinates are XY in model-input pixels: point_coords B x N x 2, point_labels
+        B x N, boxes B x 4 XYXY, mask_input B x 1 x 256 x 256 logits.
+        Returns low-res logits B x M x 256 x 256 and IoU predictions B x M.
+        """
+        points = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError("point_labels must be given with point_coords")
+            points = (point_coords, point_labels)
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        return self.mask_decoder(
+            image_embeddings=image_embeddings,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        *,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One prompt set per preprocessed image (B x 3 x S x S); see `decode`."""
+        return self.decode(
+            self.image_encoder(images),
+            point_coords=point_coords,
+            point_labels=point_labels,
+            boxes=boxes,
+            mask_input=mask_input,
+            multimask_output=multimask_output,
+        )

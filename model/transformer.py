@@ -1,0 +1,165 @@
+"""Two-way transformer of the mask decoder: prompt tokens and image tokens attend to
+each other.
+
+Many prompts of one image share the image tokens until the first image-side update,
+so the image side may come with a batch of 1 while the tokens have a batch of B. The
+attention below handles that broadcast without copying the image tokens B times;
+results equal those of an explicitly repeated batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from model.common import MLPBlock
+
+
+class Attention(nn.Module):
+    """Multi-head attention with an optional down-projection of the internal width."""
+
+    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.internal_dim = embedding_dim // downsample_rate
+        self.num_heads = num_heads
+        if self.internal_dim % num_heads != 0:
+            raise ValueError(f"num_heads={num_heads} must divide {self.internal_dim}")
+        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """B x N x C -> B x heads x N x C/heads."""
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q: Bq x Nq x C; k, v: Bk x Nk x C, with Bq == Bk or one of them 1."""
+        q_h = self._heads(self.q_proj(q))
+        k_h = self._heads(self.k_proj(k))
+        v_h = self._heads(self.v_proj(v))
+        if q_h.shape[0] == k_h.shape[0]:
+            out = F.scaled_dot_product_attention(q_h, k_h, v_h)
+        elif k_h.shape[0] == 1:
+            out = _attend_shared_keys(q_h, k_h, v_h)
+        else:
+            out = _attend_shared_queries(q_h, k_h, v_h)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
+def _attend_shared_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """B queries sets against one key set: fold the batch into the query axis."""
+    batch, heads, n_q, dim = q.shape
+    folded = q.transpose(0, 1).reshape(1, heads, batch * n_q, dim)
+    out = F.scaled_dot_product_attention(folded, k, v)
+    return out.reshape(heads, batch, n_q, dim).transpose(0, 1)
+
+
+def _attend_shared_queries(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One query set against B key sets: scores for all key sets in one product."""
+    batch, heads, n_k, dim = k.shape
+    keys = k.permute(1, 3, 0, 2).reshape(heads, dim, batch * n_k)
+    scores = (q[0] * dim**-0.5) @ keys  # heads x Nq x (B * Nk)
+    probs = scores.unflatten(-1, (batch, n_k)).softmax(dim=-1)
+    return torch.matmul(probs.permute(2, 0, 1, 3), v)  # B x heads x Nq x dim
+
+
+class TwoWayAttentionBlock(nn.Module):
+    """Token self-attention, token->image, MLP on tokens, image->token."""
+
+    def __init__(
+        self,
+        *,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int = 2048,
+        attention_downsample_rate: int = 2,
+        skip_first_layer_pe: bool = False,
+    ) -> None:
+        super().__init__()
+        self.self_attn = Attention(embedding_dim, num_heads)
+        self.norm1 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_token_to_image = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
+        )
+        self.norm2 = nn.LayerNorm(embedding_dim)
+        self.mlp = MLPBlock(embedding_dim, mlp_dim, nn.ReLU)
+        self.norm3 = nn.LayerNorm(embedding_dim)
+        self.norm4 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_image_to_token = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
+        )
+        self.skip_first_layer_pe = skip_first_layer_pe
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q=q, k=q, v=queries)
+        queries = self.norm1(queries)
+
+        keys_with_pe = keys + key_pe
+        q = queries + query_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=keys_with_pe, v=keys))
+        queries = self.norm3(queries + self.mlp(queries))
+
+        q = queries + query_pe
+        keys = self.norm4(keys + self.cross_attn_image_to_token(q=keys_with_pe, k=q, v=queries))
+        return queries, keys
+
+
+class TwoWayTransformer(nn.Module):
+    def __init__(
+        self,
+        *,
+        depth: int,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        attention_downsample_rate: int = 2,
+    ) -> None:
+        super().__init__()
+        self.depth = depth
+        self.embedding_dim = embedding_dim
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock(
+                embedding_dim=embedding_dim,
+                num_heads=num_heads,
+                mlp_dim=mlp_dim,
+                attention_downsample_rate=attention_downsample_rate,
+                skip_first_layer_pe=index == 0,
+            )
+            for index in range(depth)
+        )
+        self.final_attn_token_to_image = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
+        )
+        self.norm_final_attn = nn.LayerNorm(embedding_dim)
+
+    def forward(
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        point_embedding: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_embedding: Bi x C x h x w (Bi = B or 1, shared by all prompts);
+        image_pe: 1 x C x h x w; point_embedding: B x N x C.
+        Returns tokens B x N x C and image tokens B x (h*w) x C."""
+        keys = image_embedding.flatten(2).transpose(1, 2)
+        key_pe = image_pe.flatten(2).transpose(1, 2)
+        queries = point_embedding
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, point_embedding, key_pe)
+        attn = self.final_attn_token_to_image(q=queries + point_embedding, k=keys + key_pe, v=keys)
+        return self.norm_final_attn(queries + attn), keys

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model import PredictorInputError, SamPredictor, build_sam
+from model.image_encoder import merge_windows, partition_windows
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    p = SamPredictor(build_sam("vit_tiny"))
+    p.set_image(np.random.default_rng(0).integers(0, 255, (120, 200, 3), dtype=np.uint8))
+    return p
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(point_coords=np.array([[10.0, 10.0]])), "point_labels must be given"),
+        (dict(point_coords=np.array([10.0, 10.0]), point_labels=np.array([1])), "N x 2"),
+        (
+            dict(point_coords=np.array([[10.0, 10.0]]), point_labels=np.array([1, 1])),
+            "must have shape",
+        ),
+        (
+            dict(point_coords=np.array([[10.0, 10.0]]), point_labels=np.array([2])),
+            "0 \\(background\\) or 1",
+        ),
+        (
+            dict(point_coords=np.array([[500.0, 10.0]]), point_labels=np.array([1])),
+            "outside the 200x120",
+        ),
+        (dict(point_coords=np.array([[np.nan, 10.0]]), point_labels=np.array([1])), "finite"),
+        (dict(box=np.array([10.0, 10.0, 5.0, 50.0])), "x0 <= x1"),
+        (dict(box=np.array([10.0, 10.0, 50.0])), "4 numbers"),
+        (dict(mask_input=np.zeros((256, 256))), "mask_input must have shape"),
+    ],
+)
+def test_bad_prompts_get_clear_errors(predictor, kwargs, message):
+    with pytest.raises(PredictorInputError, match=message):
+        predictor.predict(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((10, 10), np.uint8), "H x W x 3"),
+        (np.zeros((10, 10, 3), np.float32), "uint8"),
+        ([[1, 2, 3]], "numpy array"),
+        (np.zeros((0, 10, 3), np.uint8), "empty"),
+    ],
+)
+def test_bad_images_get_clear_errors(image, message):
+    with pytest.raises(PredictorInputError, match=message):
+        SamPredictor(build_sam("vit_tiny")).set_image(image)
+
+
+def test_predict_before_set_image():
+    with pytest.raises(RuntimeError, match="set_image"):
+        SamPredictor(build_sam("vit_tiny")).predict(
+            point_coords=np.array([[1.0, 1.0]]), point_labels=np.array([1])
+        )
+
+
+def test_batched_decode_equals_one_by_one(predictor):
+    coords = torch.rand(5, 2, 2) * 1000
+    labels = torch.tensor([[1, 0]] * 5, dtype=torch.int)
+    low, iou = predictor.decode_low_res(coords, labels)
+    for i in range(5):
+        one_low, one_iou = predictor.decode_low_res(coords[i : i + 1], labels[i : i + 1])
+        assert torch.allclose(one_low[0], low[i], atol=1e-4)
+        assert torch.allclose(one_iou[0], iou[i], atol=1e-5)
+
+
+def test_outputs_have_official_shapes(predictor):
+    masks, iou, low = predictor.predict(
+        point_coords=np.array([[50.0, 60.0]]), point_labels=np.array([1])
+    )
+    assert masks.shape == (3, 120, 200) and masks.dtype == bool
+    assert iou.shape == (3,) and low.shape == (3, 256, 256)
+    logits, _, _ = predictor.predict(
+        box=np.array([0, 0, 100, 100]), multimask_output=False, return_logits=True
+    )
+    assert logits.shape == (1, 120, 200) and logits.dtype == np.float32
+
+
+def test_model_trains_gradients_reach_every_part():
+    sam = build_sam("vit_tiny").train()
+    images = torch.randn(1, 3, 1024, 1024)
+    low, iou = sam(
+        images,
+        point_coords=torch.rand(1, 1, 2) * 1024,
+        point_labels=torch.ones(1, 1, dtype=torch.int),
+    )
+    (low.mean() + iou.mean()).backward()
+    for part in (
+        sam.image_encoder.blocks[0].attn.rel_pos_h,
+        sam.image_encoder.patch_embed.proj.weight,
+        sam.prompt_encoder.point_embeddings[1].weight,
+        sam.mask_decoder.mask_tokens.weight,
+    ):
+        assert part.grad is not None and part.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("height", "width"), [(64, 64), (13, 30), (14, 14)])
+def test_window_partition_round_trip(height, width):
+    x = torch.randn(2, height, width, 8)
+    tiles, padded = partition_windows(x, 14)
+    assert tiles.shape[1:3] == (14, 14)
+    assert padded[0] % 14 == 0 and padded[1] % 14 == 0
+    assert torch.equal(merge_windows(tiles, 14, padded, (height, width)), x)
+
+
+def test_encoder_takes_a_batch():
+    sam = build_sam("vit_tiny")
+    with torch.no_grad():
+        one = sam.image_encoder(torch.randn(1, 3, 1024, 1024))
+        x = torch.randn(2, 3, 1024, 1024)
+        both = sam.image_encoder(x)
+        first = sam.image_encoder(x[:1])
+    assert one.shape == (1, 256, 64, 64) and both.shape == (2, 256, 64, 64)
+    assert torch.allclose(both[0], first[0], atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_bf16_autocast_on_cuda_stays_close():
+    sam = build_sam("vit_tiny").cuda()
+    image = np.random.default_rng(1).integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    exact, fast = SamPredictor(sam), SamPredictor(sam, autocast_dtype=torch.bfloat16)
+    exact.set_image(image)
+    fast.set_image(image)
+    rel = (exact.features - fast.features).norm() / exact.features.norm()
+    assert rel < 2e-2
