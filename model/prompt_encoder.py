@@ -51,7 +51,7 @@ class PositionEmbeddingRandom(nn.Module):
     ) -> torch.Tensor:
         """B x N x 2 XY pixel coordinates in an image of `image_size` (H, W) -> B x N x C."""
         scale = coords_input.new_tensor([image_size[1], image_size[0]])
-        return self.encode(coords_input.float() / scale)
+        return self.encode((coords_input / scale).float())
 
 
 class PromptEncoder(nn.Module):

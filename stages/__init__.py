@@ -1,0 +1,1 @@
+"""The data engine's stages: assisted-manual, semi-automatic and fully automatic."""

@@ -1,0 +1,60 @@
+"""Mask filters as pure functions returning keep masks, and greedy box NMS."""
+
+from __future__ import annotations
+
+import torch
+
+
+def stability_score(logits: torch.Tensor, mask_threshold: float, offset: float) -> torch.Tensor:
+    """IoU of the masks thresholded at threshold+offset and threshold-offset: N x H x W -> N."""
+    inner = (logits > mask_threshold + offset).sum(dim=(-2, -1), dtype=torch.int64)
+    outer = (logits > mask_threshold - offset).sum(dim=(-2, -1), dtype=torch.int64)
+    return inner.float() / outer.float()
+
+
+def keep_by_predicted_iou(iou_preds: torch.Tensor, thresh: float) -> torch.Tensor:
+    """Keep masks whose predicted IoU is above `thresh` (0 keeps all)."""
+    if thresh <= 0.0:
+        return torch.ones_like(iou_preds, dtype=torch.bool)
+    return iou_preds > thresh
+
+
+def keep_by_stability(scores: torch.Tensor, thresh: float) -> torch.Tensor:
+    if thresh <= 0.0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    return scores >= thresh
+
+
+def keep_by_area_fraction(areas: torch.Tensor, image_area: int, max_frac: float | None) -> torch.Tensor:
+    """Drop masks covering `max_frac` of the image or more (None keeps all)."""
+    if max_frac is None:
+        return torch.ones_like(areas, dtype=torch.bool)
+    return areas < max_frac * image_area
+
+
+def box_iou_matrix(boxes: torch.Tensor) -> torch.Tensor:
+    """N x 4 XYXY float -> N x N IoU (areas without +1)."""
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    top_left = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    bottom_right = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    wh = (bottom_right - top_left).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area[:, None] + area[None, :] - inter)
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float) -> torch.Tensor:
+    """Greedy NMS: indices of kept boxes by descending score (ties keep input order).
+    A box is suppressed by a kept, higher-ranked box whose IoU with it exceeds iou_thresh."""
+    if boxes.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    overlaps = (box_iou_matrix(boxes[order].float()) > iou_thresh).cpu().numpy()
+    alive = [True] * len(order)
+    kept = []
+    for rank in range(len(order)):
+        if not alive[rank]:
+            continue
+        kept.append(rank)
+        for other in overlaps[rank, rank + 1 :].nonzero()[0]:
+            alive[rank + 1 + other] = False
+    return order[torch.as_tensor(kept, device=order.device)]

@@ -1,0 +1,223 @@
+"""The automatic mask generator (stage 3): generate -> per crop -> per point batch.
+
+Differences from a plain reading of the algorithm, all exact: the predicted-IoU filter runs
+on low-resolution logits before any upsampling; only survivors are upsampled, in chunks
+whose memory is bounded (so very large images never hold all candidates at full
+resolution); stability, boxes and RLE are computed for a whole chunk at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model import Sam, SamPredictor
+from stages.automatic.columns import MaskColumns
+from stages.automatic.config import GeneratorConfig
+from stages.automatic.filters import (
+    keep_by_area_fraction,
+    keep_by_predicted_iou,
+    keep_by_stability,
+    nms,
+    stability_score,
+)
+from stages.automatic.geometry import (
+    box_xyxy_to_xywh,
+    build_all_layer_point_grids,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    masks_to_boxes_xyxy,
+    uncrop_boxes_xyxy,
+    uncrop_masks,
+    uncrop_points,
+)
+from stages.automatic.images import to_rgb_uint8
+from stages.automatic.postprocess import clean_mask
+from stages.automatic.rle import coco_decode, coco_encode, masks_to_rles, rle_area, rle_to_mask
+from model.transforms import scale_coords
+
+MASKS_PER_POINT = 3
+
+
+class AutomaticMaskGenerator:
+    def __init__(
+        self,
+        model: Sam | SamPredictor,
+        config: GeneratorConfig | None = None,
+        *,
+        chunk_bytes: int = 256 << 20,
+        **overrides: Any,
+    ) -> None:
+        """model: a Sam, or a SamPredictor (e.g. one with bf16 autocast for the fast mode).
+        config: GeneratorConfig (official defaults if None); overrides: its fields by name.
+        chunk_bytes: memory bound for full-resolution candidates held at once."""
+        self.predictor = model if isinstance(model, SamPredictor) else SamPredictor(model)
+        config = config or GeneratorConfig()
+        self.config = config.with_overrides(**overrides) if overrides else config
+        self.chunk_bytes = chunk_bytes
+        if self.config.point_grids is not None:
+            self.point_grids = [np.asarray(g, dtype=np.float64) for g in self.config.point_grids]
+        else:
+            assert self.config.points_per_side is not None
+            self.point_grids = build_all_layer_point_grids(
+                self.config.points_per_side,
+                self.config.crop_n_layers,
+                self.config.crop_n_points_downscale_factor,
+            )
+
+    def generate(self, image: np.ndarray | Image.Image) -> list[dict[str, Any]]:
+        """SA-1B annotation dicts (without ids) for one image, best first."""
+        return to_annotations(self.generate_columns(image))
+
+    def generate_columns(self, image: np.ndarray | Image.Image) -> MaskColumns:
+        rgb = to_rgb_uint8(image)
+        height, width = rgb.shape[:2]
+        crop_boxes, layers = generate_crop_boxes(
+            (height, width), self.config.crop_n_layers, self.config.crop_overlap_ratio
+        )
+        parts = [
+            self._process_crop(rgb, box, layer)
+            for box, layer in zip(crop_boxes, layers)
+            if box[2] > box[0] and box[3] > box[1]
+        ]
+        data = MaskColumns.concat(parts)
+        if len(crop_boxes) > 1 and len(data):
+            crops = data.crop_boxes.float()
+            prefer_small = 1.0 / ((crops[:, 2] - crops[:, 0]) * (crops[:, 3] - crops[:, 1]))
+            data = data.filter(nms(data.boxes.float(), prefer_small, self.config.crop_nms_thresh))
+        if self.config.min_mask_region_area > 0 and len(data):
+            data = self._clean_small_regions(data)
+        return data
+
+    def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int) -> MaskColumns:
+        x0, y0, x1, y1 = crop_box
+        crop = image[y0:y1, x0:x1, :]
+        crop_size = (crop.shape[0], crop.shape[1])
+        self.predictor.set_image(crop)
+        points = self.point_grids[layer] * np.array([[crop_size[1], crop_size[0]]])
+        step = self.config.points_per_batch
+        image_size = (image.shape[0], image.shape[1])
+        parts = [
+            self._process_batch(points[start : start + step], crop_size, crop_box, image_size)
+            for start in range(0, len(points), step)
+        ]
+        self.predictor.reset_image()
+        data = MaskColumns.concat(parts)
+        data = data.filter(nms(data.boxes.float(), data.iou_preds, self.config.box_nms_thresh))
+        data.boxes = uncrop_boxes_xyxy(data.boxes, crop_box)
+        data.points = uncrop_points(data.points, crop_box)
+        return data
+
+    def _process_batch(
+        self,
+        points: np.ndarray,
+        crop_size: tuple[int, int],
+        crop_box: list[int],
+        image_size: tuple[int, int],
+    ) -> MaskColumns:
+        """points: B x 2 XY in crop pixels (float64). Returns candidates that pass every
+        per-mask filter, with boxes in crop pixels."""
+        predictor = self.predictor
+        coords = scale_coords(points, crop_size, predictor.model.img_size)
+        coords_t = torch.as_tensor(coords, device=predictor.device)[:, None, :]
+        labels = torch.ones(len(points), 1, dtype=torch.int, device=predictor.device)
+        low_res, iou_preds = predictor.decode_low_res(coords_t, labels, multimask_output=True)
+        low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
+        point_rows = torch.as_tensor(np.repeat(points, MASKS_PER_POINT, axis=0))
+        keep = keep_by_predicted_iou(iou_preds, self.config.pred_iou_thresh)
+        low_res, iou_preds, point_rows = low_res[keep], iou_preds[keep], point_rows[keep.cpu()]
+        chunk = self._chunk_size(crop_size, image_size)
+        parts = [
+            self._finish_chunk(
+                low_res[start : start + chunk],
+                iou_preds[start : start + chunk],
+                point_rows[start : start + chunk],
+                crop_box,
+                image_size,
+            )
+            for start in range(0, len(low_res), chunk)
+        ]
+        return MaskColumns.concat(parts)
+
+    def _chunk_size(self, crop_size: tuple[int, int], image_size: tuple[int, int]) -> int:
+        side = self.predictor.model.img_size
+        per_mask = 4 * side * side + 8 * crop_size[0] * crop_size[1] + image_size[0] * image_size[1]
+        return max(1, self.chunk_bytes // per_mask)
+
+    def _finish_chunk(
+        self,
+        low_res: torch.Tensor,
+        iou_preds: torch.Tensor,
+        points: torch.Tensor,
+        crop_box: list[int],
+        image_size: tuple[int, int],
+    ) -> MaskColumns:
+        config, threshold = self.config, self.predictor.model.mask_threshold
+        logits = self.predictor.upscale(low_res[:, None])[:, 0]
+        stability = stability_score(logits, threshold, config.stability_score_offset)
+        keep = keep_by_stability(stability, config.stability_score_thresh)
+        masks = logits[keep] > threshold
+        boxes = masks_to_boxes_xyxy(masks)
+        height, width = image_size
+        inner = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, width, height])
+        full = uncrop_masks(masks[inner], crop_box, height, width)
+        areas = full.sum(dim=(1, 2))
+        small = keep_by_area_fraction(areas, height * width, config.max_mask_area_frac)
+        index = keep.nonzero().flatten()[inner][small].cpu()
+        return MaskColumns(
+            iou_preds=iou_preds.cpu()[index],
+            stability_score=stability.cpu()[index],
+            points=points[index],
+            boxes=boxes[inner][small].cpu(),
+            crop_boxes=torch.tensor([crop_box], dtype=torch.long).expand(len(index), 4),
+            rles=masks_to_rles(full[small]),
+        )
+
+    def _clean_small_regions(self, data: MaskColumns) -> MaskColumns:
+        """Fill holes and remove islands under min_mask_region_area, then NMS again
+        preferring masks that did not change (as the official post-processing does)."""
+        min_area = self.config.min_mask_region_area
+        cleaned, changed, boxes = [], [], []
+        for rle in data.rles:
+            mask, was_changed = clean_mask(rle_to_mask(rle), min_area)
+            cleaned.append(mask)
+            changed.append(was_changed)
+            boxes.append(masks_to_boxes_xyxy(torch.from_numpy(mask)[None])[0])
+        scores = torch.tensor([0.0 if c else 1.0 for c in changed])
+        nms_thresh = max(self.config.box_nms_thresh, self.config.crop_nms_thresh)
+        keep = nms(torch.stack(boxes).float(), scores, nms_thresh)
+        for index in keep.tolist():
+            if changed[index]:
+                data.rles[index] = masks_to_rles(torch.from_numpy(cleaned[index])[None])[0]
+                data.boxes[index] = boxes[index]
+        if self.config.drop_small_masks:
+            keep = torch.tensor([i for i in keep.tolist() if cleaned[i].sum() >= min_area], dtype=torch.long)
+        return data.filter(keep)
+
+
+def to_annotations(data: MaskColumns) -> list[dict[str, Any]]:
+    """SA-1B annotation dicts: COCO compressed RLE, bbox/crop_box XYWH, area in pixels."""
+    annotations = []
+    for index, rle in enumerate(data.rles):
+        annotations.append(
+            {
+                "segmentation": coco_encode(rle),
+                "area": rle_area(rle),
+                "bbox": box_xyxy_to_xywh(data.boxes[index].tolist()),
+                "predicted_iou": float(data.iou_preds[index]),
+                "point_coords": [data.points[index].tolist()],
+                "stability_score": float(data.stability_score[index]),
+                "crop_box": box_xyxy_to_xywh(data.crop_boxes[index].tolist()),
+            }
+        )
+    return annotations
+
+
+def annotations_to_masks(annotations: list[dict[str, Any]]) -> np.ndarray:
+    """N x H x W bool masks of SA-1B annotations, for viewing."""
+    if not annotations:
+        return np.zeros((0, 0, 0), dtype=bool)
+    return np.stack([coco_decode(a["segmentation"]) for a in annotations])
