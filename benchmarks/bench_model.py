@@ -57,8 +57,12 @@ def bench_cpu(quick: bool) -> list[tuple[str, float, float]]:
         coords = torch.rand(n_prompts, 1, 2) * 1000
         labels = torch.ones(n_prompts, 1, dtype=torch.int)
         reps = 20 if n_prompts == 1 else (1 if n_prompts > 64 else repeats)
-        t_ours = median_seconds(lambda: decode_ours(mine, coords, labels), repeats=reps)
-        t_ref = median_seconds(lambda: decode_official(theirs, coords, labels), repeats=reps)
+        t_ours = median_seconds(
+            lambda c=coords, lab=labels: decode_ours(mine, c, lab), repeats=reps
+        )
+        t_ref = median_seconds(
+            lambda c=coords, lab=labels: decode_official(theirs, c, lab), repeats=reps
+        )
         rows.append((f"decode {n_prompts} point prompts (low-res, multimask)", t_ours, t_ref))
     point = dict(point_coords=np.array([[400.0, 300.0]]), point_labels=np.array([1]))
     t_ours = median_seconds(lambda: mine.predict(**point), repeats=20)
@@ -85,9 +89,16 @@ def bench_gpu() -> list[str]:
         flops = encoder_flops(ours, images[:1])
         for dtype_name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
             for label, model in (("ours", ours), ("official", reference)):
-                def run(model=model, dtype=dtype):
-                    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+
+                def run(model=model, dtype=dtype, images=images):
+                    with (
+                        torch.inference_mode(),
+                        torch.autocast(
+                            "cuda", dtype=dtype or torch.float32, enabled=dtype is not None
+                        ),
+                    ):
                         model.image_encoder(images)
+
                 seconds = median_seconds(run, repeats=5, warmup=2, device=device)
                 rate = batch / seconds
                 mfu = "" if peak is None else f", MFU {rate * flops / 1e12 / peak[dtype_name]:.1%}"

@@ -13,7 +13,8 @@ import torch
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
-    text = f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    text = f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {threads} threads"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name()}"
     return text

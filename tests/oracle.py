@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from model import MODEL_REGISTRY, Sam, build_sam
+from model.testing import sharpen_decoder_
 
 official = pytest.importorskip("segment_anything", reason="the official package is the oracle")
 from segment_anything.build_sam import _build_sam  # noqa: E402
@@ -32,16 +33,6 @@ def randomize_(sam: torch.nn.Module, seed: int) -> None:
                 param.copy_(noise / fan_in**0.5)
         gaussian = sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
         gaussian.copy_(torch.randn(gaussian.shape, generator=generator))
-
-
-def sharpen_decoder_(sam: torch.nn.Module, *, scale: float = 30.0, iou_shift: float = 0.5) -> None:
-    """Random weights give mask logits near 0; scaling the hypernetworks' last layer and
-    shifting the IoU head make masks with confident edges (identically in both models)."""
-    with torch.no_grad():
-        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight.mul_(scale)
-            mlp.layers[-1].bias.mul_(scale)
-        sam.mask_decoder.iou_prediction_head.layers[-1].bias.add_(iou_shift)
 
 
 def build_pair(name: str, seed: int = 0, sharpen: bool = False) -> tuple[Sam, torch.nn.Module]:

@@ -43,16 +43,24 @@ class GeneratorConfig:
             self._check_grids(self.point_grids)
         if self.points_per_batch < 1:
             raise ValueError(f"points_per_batch must be >= 1, got {self.points_per_batch}")
-        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
+        for name in (
+            "pred_iou_thresh",
+            "stability_score_thresh",
+            "box_nms_thresh",
+            "crop_nms_thresh",
+        ):
             _check_range(name, getattr(self, name), 0.0, 1.0)
         _check_range("crop_overlap_ratio", self.crop_overlap_ratio, 0.0, 1.0, upper_open=True)
         if self.stability_score_offset < 0:
-            raise ValueError(f"stability_score_offset must be >= 0, got {self.stability_score_offset}")
+            raise ValueError(
+                f"stability_score_offset must be >= 0, got {self.stability_score_offset}"
+            )
         if self.crop_n_layers < 0:
             raise ValueError(f"crop_n_layers must be >= 0, got {self.crop_n_layers}")
         if self.crop_n_points_downscale_factor < 1:
             raise ValueError(
-                f"crop_n_points_downscale_factor must be >= 1, got {self.crop_n_points_downscale_factor}"
+                "crop_n_points_downscale_factor must be >= 1, "
+                f"got {self.crop_n_points_downscale_factor}"
             )
         if self.min_mask_region_area < 0:
             raise ValueError(f"min_mask_region_area must be >= 0, got {self.min_mask_region_area}")
@@ -81,7 +89,13 @@ class GeneratorConfig:
 
 
 def _check_range(
-    name: str, value: float, low: float, high: float, *, lower_open: bool = False, upper_open: bool = False
+    name: str,
+    value: float,
+    low: float,
+    high: float,
+    *,
+    lower_open: bool = False,
+    upper_open: bool = False,
 ) -> None:
     below = value <= low if lower_open else value < low
     above = value >= high if upper_open else value > high

@@ -25,7 +25,9 @@ def keep_by_stability(scores: torch.Tensor, thresh: float) -> torch.Tensor:
     return scores >= thresh
 
 
-def keep_by_area_fraction(areas: torch.Tensor, image_area: int, max_frac: float | None) -> torch.Tensor:
+def keep_by_area_fraction(
+    areas: torch.Tensor, image_area: int, max_frac: float | None
+) -> torch.Tensor:
     """Drop masks covering `max_frac` of the image or more (None keeps all)."""
     if max_frac is None:
         return torch.ones_like(areas, dtype=torch.bool)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from model import Sam, SamPredictor
+from model.transforms import scale_coords
 from stages.automatic.columns import MaskColumns
 from stages.automatic.config import GeneratorConfig
 from stages.automatic.filters import (
@@ -37,7 +38,6 @@ from stages.automatic.geometry import (
 from stages.automatic.images import to_rgb_uint8
 from stages.automatic.postprocess import clean_mask
 from stages.automatic.rle import coco_decode, coco_encode, masks_to_rles, rle_area, rle_to_mask
-from model.transforms import scale_coords
 
 MASKS_PER_POINT = 3
 
@@ -194,7 +194,9 @@ class AutomaticMaskGenerator:
                 data.rles[index] = masks_to_rles(torch.from_numpy(cleaned[index])[None])[0]
                 data.boxes[index] = boxes[index]
         if self.config.drop_small_masks:
-            keep = torch.tensor([i for i in keep.tolist() if cleaned[i].sum() >= min_area], dtype=torch.long)
+            keep = torch.tensor(
+                [i for i in keep.tolist() if cleaned[i].sum() >= min_area], dtype=torch.long
+            )
         return data.filter(keep)
 
 

@@ -15,7 +15,9 @@ def to_rgb_uint8(image: np.ndarray | Image.Image) -> np.ndarray:
     if isinstance(image, Image.Image):
         image = np.array(image.convert("RGB") if image.mode not in ("I;16", "I") else image)
     if not isinstance(image, np.ndarray):
-        raise ImageInputError(f"image must be a numpy array or PIL image, got {type(image).__name__}")
+        raise ImageInputError(
+            f"image must be a numpy array or PIL image, got {type(image).__name__}"
+        )
     array = _to_uint8(image)
     if array.ndim == 2:
         array = array[:, :, None]

@@ -27,7 +27,9 @@ def masks_to_rles(masks: torch.Tensor) -> list[Rle]:
     for index, positions in enumerate(np.split(changes[:, 1], splits)):
         bounds = np.concatenate(([0], positions + 1, [total]))
         runs = np.diff(bounds).tolist()
-        rles.append({"size": [height, width], "counts": ([0] + runs) if first_pixels[index] else runs})
+        rles.append(
+            {"size": [height, width], "counts": ([0] + runs) if first_pixels[index] else runs}
+        )
     return rles
 
 

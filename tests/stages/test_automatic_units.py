@@ -41,7 +41,7 @@ def test_two_layers_give_21_crops_covering_the_image():
     assert len(boxes) == 21 and layers == [0] + [1] * 4 + [2] * 16
     assert boxes[0] == [0, 0, 2250, 1500]
     for layer in (1, 2):
-        chosen = [b for b, l in zip(boxes, layers) if l == layer]
+        chosen = [box for box, at in zip(boxes, layers) if at == layer]
         covered = np.zeros((1500, 2250), dtype=bool)
         for x0, y0, x1, y1 in chosen:
             covered[y0:y1, x0:x1] = True

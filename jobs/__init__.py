@@ -1,0 +1,1 @@
+"""Entry points: the demo job and (with the generation issue) cluster launch specs."""
