@@ -20,9 +20,7 @@ def randomize_(sam: torch.nn.Module, seed: int) -> None:
     with torch.no_grad():
         for name, param in sorted(sam.named_parameters()):
             noise = torch.randn(param.shape, generator=generator)
-            if name.endswith(("norm1.weight", "norm2.weight", "norm3.weight", "norm4.weight")) or (
-                "norm" in name and name.endswith("weight")
-            ):
+            if "norm" in name and name.endswith("weight"):
                 param.copy_(1.0 + 0.1 * noise)
             elif param.ndim <= 1:
                 param.copy_(0.1 * noise)
