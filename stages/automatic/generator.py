@@ -73,6 +73,11 @@ class AutomaticMaskGenerator:
         return to_annotations(self.generate_columns(image))
 
     def generate_columns(self, image: np.ndarray | Image.Image) -> MaskColumns:
+        return finish_candidates(self.generate_candidates(image), self.config)
+
+    def generate_candidates(self, image: np.ndarray | Image.Image) -> MaskColumns:
+        """The model's share of the work: every crop embedded and decoded, per-mask filters,
+        NMS within and across crops. `finish_candidates` does the rest on any CPU."""
         rgb = to_rgb_uint8(image)
         height, width = rgb.shape[:2]
         crop_boxes, layers = generate_crop_boxes(
@@ -88,8 +93,6 @@ class AutomaticMaskGenerator:
             crops = data.crop_boxes.float()
             prefer_small = 1.0 / ((crops[:, 2] - crops[:, 0]) * (crops[:, 3] - crops[:, 1]))
             data = data.filter(nms(data.boxes.float(), prefer_small, self.config.crop_nms_thresh))
-        if self.config.min_mask_region_area > 0 and len(data):
-            data = self._clean_small_regions(data)
         return data
 
     def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int) -> MaskColumns:
@@ -176,28 +179,36 @@ class AutomaticMaskGenerator:
             rles=masks_to_rles(full[small]),
         )
 
-    def _clean_small_regions(self, data: MaskColumns) -> MaskColumns:
-        """Fill holes and remove islands under min_mask_region_area, then NMS again
-        preferring masks that did not change (as the official post-processing does)."""
-        min_area = self.config.min_mask_region_area
-        cleaned, changed, boxes = [], [], []
-        for rle in data.rles:
-            mask, was_changed = clean_mask(rle_to_mask(rle), min_area)
-            cleaned.append(mask)
-            changed.append(was_changed)
-            boxes.append(masks_to_boxes_xyxy(torch.from_numpy(mask)[None])[0])
-        scores = torch.tensor([0.0 if c else 1.0 for c in changed])
-        nms_thresh = max(self.config.box_nms_thresh, self.config.crop_nms_thresh)
-        keep = nms(torch.stack(boxes).float(), scores, nms_thresh)
-        for index in keep.tolist():
-            if changed[index]:
-                data.rles[index] = masks_to_rles(torch.from_numpy(cleaned[index])[None])[0]
-                data.boxes[index] = boxes[index]
-        if self.config.drop_small_masks:
-            keep = torch.tensor(
-                [i for i in keep.tolist() if cleaned[i].sum() >= min_area], dtype=torch.long
-            )
-        return data.filter(keep)
+
+def finish_candidates(data: MaskColumns, config: GeneratorConfig) -> MaskColumns:
+    """CPU post-processing of `generate_candidates` output (holes and islands)."""
+    if config.min_mask_region_area > 0 and len(data):
+        return clean_small_regions(data, config)
+    return data
+
+
+def clean_small_regions(data: MaskColumns, config: GeneratorConfig) -> MaskColumns:
+    """Fill holes and remove islands under min_mask_region_area, then NMS again
+    preferring masks that did not change (as the official post-processing does)."""
+    min_area = config.min_mask_region_area
+    cleaned, changed, boxes = [], [], []
+    for rle in data.rles:
+        mask, was_changed = clean_mask(rle_to_mask(rle), min_area)
+        cleaned.append(mask)
+        changed.append(was_changed)
+        boxes.append(masks_to_boxes_xyxy(torch.from_numpy(mask)[None])[0])
+    scores = torch.tensor([0.0 if c else 1.0 for c in changed])
+    nms_thresh = max(config.box_nms_thresh, config.crop_nms_thresh)
+    keep = nms(torch.stack(boxes).float(), scores, nms_thresh)
+    for index in keep.tolist():
+        if changed[index]:
+            data.rles[index] = masks_to_rles(torch.from_numpy(cleaned[index])[None])[0]
+            data.boxes[index] = boxes[index]
+    if config.drop_small_masks:
+        keep = torch.tensor(
+            [i for i in keep.tolist() if cleaned[i].sum() >= min_area], dtype=torch.long
+        )
+    return data.filter(keep)
 
 
 def to_annotations(data: MaskColumns) -> list[dict[str, Any]]:

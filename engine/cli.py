@@ -1,0 +1,166 @@
+"""`saengine`: the project's one command. Subcommands take Hydra overrides (key=value).
+
+saengine generate input=<dir|glob|list|tar> output=<dir> [model=vit_h model.checkpoint=..]
+saengine inspect <output> [pictures=true]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from importlib import resources
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from stages.automatic import PRESETS
+
+USAGE = """usage: saengine <command> [key=value ...]
+
+SA Data Engine: SAM mask generation jobs that write SA-1B-format datasets.
+
+commands:
+  generate   run the automatic mask generator over images into an SA-1B dataset (on Ray)
+  inspect    verify a dataset and print its statistics (pictures=true for plots)
+
+Options are Hydra overrides (key=value, see `saengine <command> --help`), for example:
+  saengine generate input=photos/ output=out/ model=vit_h model.checkpoint=sam_vit_h_4b8939.pth
+  saengine generate input=s3://bucket/images output=s3://bucket/dataset generator=sa1b
+  saengine inspect out/ pictures=true
+"""
+
+
+class UsageError(ValueError):
+    """Bad command line or configuration."""
+
+
+def _register_generator_presets() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name, preset in PRESETS.items():
+        node = {key: value for key, value in asdict(preset).items() if key != "point_grids"}
+        store.store(group="generator", name=name, node=node)
+
+
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """The composed config of a command, as `saengine <command> overrides...` sees it."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    _register_generator_presets()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="configs", version_base=None):
+            cfg = compose(config_name=config_name, overrides=overrides)
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise UsageError(_first_line(error)) from error
+    return cfg
+
+
+def _command_help(config_name: str) -> str:
+    text = resources.files("configs").joinpath(f"{config_name}.yaml").read_text()
+    groups = ""
+    if config_name == "generate":
+        models = sorted(
+            p.name[:-5]
+            for p in resources.files("configs").joinpath("model").iterdir()
+            if p.name.endswith(".yaml")
+        )
+        presets = ", ".join([*PRESETS, "demo"])
+        groups = (
+            f"\nmodel=<{'|'.join(models)}>   generator=<{presets.replace(', ', '|')}>\n"
+            "generator parameters (official names): "
+            + ", ".join(k for k in asdict(PRESETS["official"]) if k != "point_grids")
+            + "\n"
+        )
+    return f"usage: saengine {config_name} key=value ...\n\n{text}{groups}"
+
+
+def _generate(overrides: list[str]) -> None:
+    from engine.job import run_generate
+
+    cfg = compose_config("generate", overrides)
+    run_generate(cfg, overrides)
+
+
+def _inspect(overrides: list[str]) -> None:
+    from engine.inspect import run_inspect
+
+    if overrides and "=" not in overrides[0]:
+        overrides = [f"path={overrides[0]}", *overrides[1:]]
+    cfg = compose_config("inspect", overrides)
+    if not run_inspect(cfg):
+        raise SystemExit(1)
+
+
+COMMANDS: dict[str, tuple[str, Callable[[list[str]], None]]] = {
+    "generate": ("generate", _generate),
+    "inspect": ("inspect", _inspect),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        _fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
+    config_name, run = COMMANDS[command]
+    if any(arg in ("-h", "--help") for arg in rest):
+        print(_command_help(config_name))
+        return
+    try:
+        run(rest)
+    except KeyboardInterrupt:
+        _fail("interrupted; committed shards are kept, rerun the same command to resume", 130)
+    except Exception as error:  # noqa: BLE001 - the CLI turns every error into one line
+        if not _is_user_error(error):
+            raise
+        _fail(_first_line(error))
+
+
+def _is_user_error(error: BaseException) -> bool:
+    from engine.images import ImageDecodeError
+    from engine.job import JobError
+    from engine.sources import InputError
+    from model.checkpoint import CheckpointError
+
+    known: tuple[type[BaseException], ...] = (
+        UsageError,
+        JobError,
+        InputError,
+        CheckpointError,
+        ImageDecodeError,
+        ValueError,
+        FileNotFoundError,
+    )
+    return isinstance(error, known) or _is_actor_init_error(error)
+
+
+def _is_actor_init_error(error: BaseException) -> bool:
+    cause: Any = getattr(error, "cause", None)
+    return cause is not None and _is_user_error(cause)
+
+
+def _first_line(error: BaseException) -> str:
+    cause: Any = getattr(error, "cause", None)
+    if cause is not None and cause is not error:
+        return _first_line(cause)
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"saengine: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The SA-1B dataset layout this engine writes, and the records that describe it.
+
+    <output>/sa_000000.tar            <key>.jpg + <key>.json pairs, in key order
+    <output>/manifest/sa_000000.parquet   one row per input image planned for that shard
+    <output>/summary.json             counts, job config, model, package versions
+    <output>/job.json                 the job's fingerprint (what a resume must match)
+    <output>/runs/<time>/             each run's raw and resolved config and timings
+
+A shard's manifest part is written only after its tar is in place: the part is the commit
+marker, so the manifest never claims unwritten work. Tars are written deterministically
+(sorted members, fixed metadata), so the same job gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.storage import Storage
+
+MANIFEST_DIR = "manifest"
+STAGING_DIR = ".staging"
+SUMMARY_FILE = "summary.json"
+JOB_FILE = "job.json"
+RUNS_DIR = "runs"
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+# Annotation ids are image_id * ANNOTATION_ID_STRIDE + rank: unique and deterministic
+# (the sa1b preset has at most 3 x 3072 candidates per image).
+ANNOTATION_ID_STRIDE = 100_000
+
+
+def shard_name(index: int) -> str:
+    return f"sa_{index:06d}"
+
+
+def image_key(image_id: int) -> str:
+    return f"sa_{image_id}"
+
+
+@dataclass
+class ManifestRow:
+    """One input image. shard: the shard it was planned for (its files are in that tar when
+    status is ok); width/height: of the stored image (0 on error)."""
+
+    image_id: int
+    source: str
+    shard: str
+    key: str
+    width: int
+    height: int
+    num_masks: int
+    status: str
+    error: str
+
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("source", pa.string()),
+        ("shard", pa.string()),
+        ("key", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("num_masks", pa.int32()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+    ]
+)
+
+
+def manifest_part_path(shard: int) -> str:
+    return f"{MANIFEST_DIR}/{shard_name(shard)}.parquet"
+
+
+def write_manifest_part(storage: Storage, shard: int, rows: list[ManifestRow]) -> None:
+    columns = {f.name: [getattr(row, f.name) for row in rows] for f in fields(ManifestRow)}
+    table = pa.table(columns, schema=MANIFEST_SCHEMA)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    storage.write_bytes(manifest_part_path(shard), buffer.getvalue())
+
+
+def committed_shards(storage: Storage) -> list[int]:
+    """Shards whose manifest part exists (so their tar is complete)."""
+    names = storage.list(MANIFEST_DIR)
+    return sorted(
+        int(name[3:-8]) for name in names if name.startswith("sa_") and name.endswith(".parquet")
+    )
+
+
+def read_manifest(storage: Storage) -> pa.Table:
+    """All committed manifest rows, in image order."""
+    tables = [
+        pq.read_table(io.BytesIO(storage.read_bytes(manifest_part_path(shard))))
+        for shard in committed_shards(storage)
+    ]
+    if not tables:
+        return MANIFEST_SCHEMA.empty_table()
+    return pa.concat_tables(tables).sort_by("image_id")
+
+
+def staged_path(shard: int, key: str, extension: str) -> str:
+    return f"{STAGING_DIR}/{shard_name(shard)}/{key}.{extension}"
+
+
+def pack_shard(storage: Storage, shard: int, keys: Iterable[str]) -> int:
+    """Write sa_<shard>.tar from the staged files of `keys` (in that order); returns bytes."""
+    with storage.open_atomic(f"{shard_name(shard)}.tar") as handle:
+        with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for key in keys:
+                for extension in ("jpg", "json"):
+                    data = storage.read_bytes(staged_path(shard, key, extension))
+                    tar.addfile(_tar_info(f"{key}.{extension}", len(data)), io.BytesIO(data))
+        size = handle.tell()
+    return size
+
+
+def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def dumps_json(value: Any) -> bytes:
+    """The one JSON encoding of this format (compact, key order as built)."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+def row_to_dict(row: ManifestRow) -> dict[str, Any]:
+    return asdict(row)

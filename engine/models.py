@@ -1,0 +1,45 @@
+"""Models for jobs: what `model=<name>` configs instantiate (`_target_`), and their identity."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from model import Sam, build_sam
+from model.testing import sharpen_decoder_
+
+
+def load_model(
+    name: str,
+    checkpoint: str | None = None,
+    *,
+    random_seed: int | None = None,
+    sharpen: bool = False,
+) -> Sam:
+    """A SAM for a job. checkpoint: a path, or 'official' to download the official weights.
+    Without a checkpoint, random_seed must be given: seeded random weights (for tests and
+    demos), optionally with a sharpened decoder (see model.testing)."""
+    if checkpoint is None and random_seed is None:
+        raise ValueError(
+            f"model {name!r} needs model.checkpoint=<path> (or 'official' to download); "
+            "random weights only with model.random_seed=<int>"
+        )
+    if checkpoint is not None:
+        return build_sam(name, checkpoint=checkpoint).eval()
+    torch.manual_seed(int(random_seed or 0))
+    sam = build_sam(name)
+    if sharpen:
+        sharpen_decoder_(sam)
+    return sam.eval()
+
+
+def weights_sha256(sam: torch.nn.Module) -> str:
+    """SHA-256 over the state_dict (names, dtypes, shapes, values): the model's identity,
+    whether it came from a file or from a seed."""
+    digest = hashlib.sha256()
+    for name, tensor in sam.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

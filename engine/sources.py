@@ -1,0 +1,139 @@
+"""Listing a job's input: directories, globs, list files and tar shards, local or fsspec URLs.
+
+Every input becomes an `ImageSource`: where its bytes are (a file, or a byte range inside a
+tar) and the `source` string that names it in the manifest. The listing is sorted, so image
+ids, keys and shard assignment depend only on the input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm")
+TAR_EXTENSIONS = (".tar",)
+LIST_EXTENSIONS = (".txt", ".lst", ".list")
+GLOB_CHARS = "*?["
+
+
+class InputError(ValueError):
+    """An input specification that names nothing usable."""
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One input image. `url` is a file (or the tar holding it); for a tar member, `offset`
+    and `size` locate its bytes. `source` is what the manifest shows."""
+
+    source: str
+    url: str
+    offset: int = -1
+    size: int = -1
+
+    def read_bytes(self, storage_options: dict[str, Any] | None = None) -> bytes:
+        with fsspec.open(self.url, "rb", **(storage_options or {})) as handle:
+            if self.offset < 0:
+                data: bytes = handle.read()
+                return data
+            handle.seek(self.offset)
+            data = handle.read(self.size)
+        if len(data) != self.size:
+            raise OSError(f"tar member truncated: {len(data)} of {self.size} bytes")
+        return data
+
+
+def list_sources(
+    spec: str | list[str], storage_options: dict[str, Any] | None = None
+) -> list[ImageSource]:
+    """All images named by spec (one or several of: directory, glob, list file, tar, image),
+    sorted by source and without duplicates."""
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    if not specs:
+        raise InputError("input is empty")
+    found: dict[str, ImageSource] = {}
+    for item in specs:
+        for source in _expand(str(item), storage_options or {}):
+            found.setdefault(source.source, source)
+    if not found:
+        raise InputError(f"no images found in input {spec!r}")
+    return [found[key] for key in sorted(found)]
+
+
+def sources_digest(sources: Iterable[ImageSource]) -> str:
+    """SHA-256 over the ordered source names: what a resumed job must see again."""
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.source.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _expand(spec: str, options: dict[str, Any]) -> Iterable[ImageSource]:
+    fs, path = url_to_fs(spec, **options)
+    if any(char in path for char in GLOB_CHARS):
+        for match in sorted(fs.glob(path)):
+            yield from _expand_path(fs, match, options, recurse=False)
+        return
+    if not fs.exists(path):
+        raise InputError(f"input not found: {spec}")
+    yield from _expand_path(fs, path, options, recurse=True)
+
+
+def _expand_path(
+    fs: Any, path: str, options: dict[str, Any], *, recurse: bool
+) -> Iterable[ImageSource]:
+    if fs.isdir(path):
+        for found in sorted(fs.find(path)):
+            if _has_ext(found, IMAGE_EXTENSIONS + TAR_EXTENSIONS):
+                yield from _expand_path(fs, found, options, recurse=False)
+        return
+    url = fs.unstrip_protocol(path) if _protocol(fs) != "file" else path
+    if _has_ext(path, TAR_EXTENSIONS):
+        yield from _tar_members(fs, path, url)
+    elif _has_ext(path, LIST_EXTENSIONS) and recurse:
+        yield from _list_file(fs, path, options)
+    elif _has_ext(path, IMAGE_EXTENSIONS) or recurse:
+        yield ImageSource(source=url, url=url)
+
+
+def _list_file(fs: Any, path: str, options: dict[str, Any]) -> Iterable[ImageSource]:
+    base = posixpath.dirname(path)
+    with fs.open(path, "rt") as handle:
+        lines = [line.strip() for line in handle]
+    for line in lines:
+        if not line or line.startswith("#"):
+            continue
+        if "://" not in line and not posixpath.isabs(line):
+            line = posixpath.join(base, line)
+            if _protocol(fs) != "file":
+                line = fs.unstrip_protocol(line)
+        if _has_ext(line, IMAGE_EXTENSIONS):
+            # Read when decoded: a missing listed image becomes an error row, not a failure.
+            yield ImageSource(source=line, url=line)
+        else:
+            yield from _expand(line, options)
+
+
+def _tar_members(fs: Any, path: str, url: str) -> Iterable[ImageSource]:
+    with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and _has_ext(m.name, IMAGE_EXTENSIONS)]
+    for member in members:
+        yield ImageSource(
+            source=f"{url}#{member.name}", url=url, offset=member.offset_data, size=member.size
+        )
+
+
+def _protocol(fs: Any) -> str:
+    protocol = fs.protocol
+    return str(protocol[0] if isinstance(protocol, (tuple, list)) else protocol)
+
+
+def _has_ext(path: str, extensions: tuple[str, ...]) -> bool:
+    return path.lower().endswith(extensions)
