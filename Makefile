@@ -20,8 +20,11 @@ $(TEST_VENV)/.ready: pyproject.toml
 	$(TEST_VENV)/bin/python -m pip install -q -e ".[test]"
 	touch $@
 
+# The main job on the bundled sample images, on an embedded local Ray, CPU only.
+DEMO_ARGS := input=samples/images output=outputs/demo model=demo generator=demo
+
 demo: $(VENV)/.ready
-	$(VENV)/bin/python -m jobs.demo
+	$(VENV)/bin/saengine generate $(DEMO_ARGS)
 
 test: $(TEST_VENV)/.ready lint typecheck
 	$(TEST_VENV)/bin/python -m pytest -q

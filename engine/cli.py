@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from importlib import resources
 from typing import Any
 
@@ -23,6 +23,10 @@ SA Data Engine: SAM mask generation jobs that write SA-1B-format datasets.
 commands:
   generate   run the automatic mask generator over images into an SA-1B dataset (on Ray)
   inspect    verify a dataset and print its statistics (pictures=true for plots)
+  synth      write synthetic scenes with exact masks as an SA-1B dataset
+  train      train SAM on SA-1B-format data with the paper's interactive recipe
+  evaluate   a model's held-out metrics (1-point mIoU, clicks, generator recall)
+  round      one retraining round: train, evaluate, register, promote if better
 
 Options are Hydra overrides (key=value, see `saengine <command> --help`), for example:
   saengine generate input=photos/ output=out/ model=vit_h model.checkpoint=sam_vit_h_4b8939.pth
@@ -35,13 +39,23 @@ class UsageError(ValueError):
     """Bad command line or configuration."""
 
 
-def _register_generator_presets() -> None:
+def _register_config_nodes() -> None:
+    """Nodes built from the Python defaults, so every default lives in one place:
+    the generator presets and the training settings."""
     from hydra.core.config_store import ConfigStore
+
+    from engine.training.trainer import TrainConfig
 
     store = ConfigStore.instance()
     for name, preset in PRESETS.items():
         node = {key: value for key, value in asdict(preset).items() if key != "point_grids"}
         store.store(group="generator", name=name, node=node)
+    train = {
+        f.name: (list(f.default) if isinstance(f.default, tuple) else f.default)
+        for f in fields(TrainConfig)
+        if f.name not in ("data", "output")
+    }
+    store.store(name="train_settings", node={"data": "???", "output": "???", **train})
 
 
 def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
@@ -51,12 +65,16 @@ def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    _register_generator_presets()
+    _register_config_nodes()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="configs", version_base=None):
             cfg = compose(config_name=config_name, overrides=overrides)
-        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            hint = " ".join(f"{key}=..." for key in missing)
+            raise UsageError(f"missing required option(s): {', '.join(missing)} (give {hint})")
+        OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as error:
         raise UsageError(_first_line(error)) from error
     return cfg
@@ -78,6 +96,13 @@ def _command_help(config_name: str) -> str:
             + ", ".join(k for k in asdict(PRESETS["official"]) if k != "point_grids")
             + "\n"
         )
+    if config_name in ("train", "round"):
+        from engine.training.trainer import TrainConfig
+
+        prefix = "train." if config_name == "round" else ""
+        groups = "\ntraining settings (defaults):\n" + "".join(
+            f"  {prefix}{f.name}={f.default}\n" for f in fields(TrainConfig) if f.name != "data"
+        )
     return f"usage: saengine {config_name} key=value ...\n\n{text}{groups}"
 
 
@@ -98,9 +123,46 @@ def _inspect(overrides: list[str]) -> None:
         raise SystemExit(1)
 
 
+def _synth(overrides: list[str]) -> None:
+    from engine.training.synthetic import SceneOptions, write_synthetic_dataset
+
+    cfg = compose_config("synth", overrides)
+    shards = write_synthetic_dataset(
+        str(cfg.output),
+        num_images=int(cfg.num_images),
+        split=str(cfg.split),
+        seed=int(cfg.seed),
+        images_per_shard=int(cfg.images_per_shard),
+        options=SceneOptions(size=int(cfg.size)),
+    )
+    print(f"{cfg.num_images} synthetic {cfg.split} scenes in {len(shards)} shards -> {cfg.output}")
+
+
+def _train(overrides: list[str]) -> None:
+    from engine.training.commands import run_train
+
+    run_train(compose_config("train", overrides))
+
+
+def _evaluate(overrides: list[str]) -> None:
+    from engine.training.commands import run_evaluate
+
+    run_evaluate(compose_config("evaluate", overrides))
+
+
+def _round(overrides: list[str]) -> None:
+    from engine.training.commands import run_round_command
+
+    run_round_command(compose_config("round", overrides))
+
+
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], None]]] = {
     "generate": ("generate", _generate),
     "inspect": ("inspect", _inspect),
+    "synth": ("synth", _synth),
+    "train": ("train", _train),
+    "evaluate": ("evaluate", _evaluate),
+    "round": ("round", _round),
 }
 
 
@@ -130,6 +192,8 @@ def _is_user_error(error: BaseException) -> bool:
     from engine.images import ImageDecodeError
     from engine.job import JobError
     from engine.sources import InputError
+    from engine.training.reader import TrainingDataError
+    from engine.training.registry import RegistryError
     from model.checkpoint import CheckpointError
 
     known: tuple[type[BaseException], ...] = (
@@ -138,6 +202,8 @@ def _is_user_error(error: BaseException) -> bool:
         InputError,
         CheckpointError,
         ImageDecodeError,
+        TrainingDataError,
+        RegistryError,
         ValueError,
         FileNotFoundError,
     )

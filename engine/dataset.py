@@ -138,3 +138,21 @@ def dumps_json(value: Any) -> bytes:
 
 def row_to_dict(row: ManifestRow) -> dict[str, Any]:
     return asdict(row)
+
+
+def write_summary(storage: Storage, extra: dict[str, Any]) -> dict[str, Any]:
+    """summary.json: counts from the committed manifest, then `extra` (job, model, ...)."""
+    manifest = read_manifest(storage).to_pydict()
+    ok = [status == STATUS_OK for status in manifest["status"]]
+    num_masks = sum(n for n, good in zip(manifest["num_masks"], ok) if good)
+    summary = {
+        "images": len(ok),
+        "images_ok": sum(ok),
+        "images_failed": len(ok) - sum(ok),
+        "masks": num_masks,
+        "masks_per_image": round(num_masks / max(sum(ok), 1), 3),
+        "shards": len(committed_shards(storage)),
+        **extra,
+    }
+    storage.write_bytes(SUMMARY_FILE, json.dumps(summary, indent=2).encode() + b"\n")
+    return summary

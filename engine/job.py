@@ -32,8 +32,8 @@ from engine.dataset import (
     ManifestRow,
     committed_shards,
     image_key,
-    read_manifest,
     shard_name,
+    write_summary,
 )
 from engine.images import ImageOptions
 from engine.pipeline import PipelineResult, Resources, run_pipeline, start_model_workers
@@ -101,11 +101,13 @@ def run_generate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     import ray
 
     settings = JobSettings.from_config(cfg)
+    _check_checkpoint(settings.model_config.get("checkpoint"))
     storage = Storage(settings.output, settings.storage_options)
     sources = list_sources(settings.input, settings.storage_options)
     plans = plan_images(sources, settings.images_per_shard)
     started = time.perf_counter()
     with _ray_session(cfg):
+        _check_room(settings.resources, embedded=not cfg.ray.address)
         workers = start_model_workers(
             model_config=settings.model_config,
             generator_config=settings.generator,
@@ -130,6 +132,16 @@ def run_generate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     return summary
 
 
+def _check_checkpoint(checkpoint: str | None) -> None:
+    """Fail before starting anything when a local checkpoint path does not exist."""
+    from engine.models import resolve_checkpoint_reference
+
+    checkpoint = resolve_checkpoint_reference(checkpoint) if checkpoint else None
+    local = checkpoint and checkpoint != "official" and "://" not in checkpoint
+    if local and not os.path.isfile(str(checkpoint)):
+        raise JobError(f"checkpoint not found: {checkpoint}")
+
+
 @contextlib.contextmanager
 def _ray_session(cfg: DictConfig) -> Iterator[None]:
     import ray
@@ -147,6 +159,20 @@ def _ray_session(cfg: DictConfig) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _check_room(resources: Resources, *, embedded: bool) -> None:
+    """On a fixed-size Ray, model workers must leave room for at least one CPU task."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    need = resources.model_actors * resources.cpus_per_actor + resources.cpus_per_task
+    if embedded and need > cpus:
+        raise JobError(
+            f"{resources.model_actors} model worker(s) x {resources.cpus_per_actor} CPUs + "
+            f"{resources.cpus_per_task} for a task needs {need:g} CPUs; Ray has {cpus:g} "
+            "(lower resources.* or raise ray.num_cpus)"
+        )
 
 
 def _fingerprint(
@@ -259,22 +285,8 @@ def _run_with_progress(
 def _write_summary(
     storage: Storage, fingerprint: dict[str, Any], model: dict[str, Any]
 ) -> dict[str, Any]:
-    manifest = read_manifest(storage).to_pydict()
-    ok = [status == STATUS_OK for status in manifest["status"]]
-    num_masks = sum(n for n, good in zip(manifest["num_masks"], ok) if good)
-    summary = {
-        "images": len(ok),
-        "images_ok": sum(ok),
-        "images_failed": len(ok) - sum(ok),
-        "masks": num_masks,
-        "masks_per_image": round(num_masks / max(sum(ok), 1), 3),
-        "shards": len(committed_shards(storage)),
-        "job": fingerprint,
-        "model": model,
-        "packages": {name: _version(name) for name in PACKAGES},
-    }
-    storage.write_bytes(SUMMARY_FILE, json.dumps(summary, indent=2).encode() + b"\n")
-    return summary
+    packages = {name: _version(name) for name in PACKAGES}
+    return write_summary(storage, {"job": fingerprint, "model": model, "packages": packages})
 
 
 def _version(package: str) -> str:

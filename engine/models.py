@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import torch
 
@@ -26,12 +27,27 @@ def load_model(
             "random weights only with model.random_seed=<int>"
         )
     if checkpoint is not None:
-        return build_sam(name, checkpoint=checkpoint).eval()
+        return build_sam(name, checkpoint=resolve_checkpoint_reference(checkpoint)).eval()
     torch.manual_seed(int(random_seed or 0))
     sam = build_sam(name)
     if sharpen:
         sharpen_decoder_(sam)
     return sam.eval()
+
+
+BUNDLED_CHECKPOINT = (
+    Path(__file__).resolve().parents[1] / "model" / "weights" / "vit_mini_synthetic.pth"
+)
+
+
+def resolve_checkpoint_reference(checkpoint: str) -> str:
+    """'bundled' -> the project's shipped small model; '<registry>/latest' or
+    '<registry>/<round>' -> that round's model.pth; anything else unchanged."""
+    from engine.training.registry import resolve_registry_reference
+
+    if checkpoint == "bundled":
+        return str(BUNDLED_CHECKPOINT)
+    return resolve_registry_reference(checkpoint)
 
 
 def weights_sha256(sam: torch.nn.Module) -> str:

@@ -37,11 +37,13 @@ class Storage:
         return path if self.local else str(self.fs.unstrip_protocol(path))
 
     def exists(self, relative: str) -> bool:
+        self._forget_listings()
         return bool(self.fs.exists(self.path(relative)))
 
     def list(self, relative: str) -> list[str]:
         """Names of the files directly under a folder (empty if it does not exist)."""
         folder = self.path(relative)
+        self._forget_listings()
         if not self.fs.exists(folder):
             return []
         return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(folder, detail=False))
@@ -80,6 +82,11 @@ class Storage:
         path = self.path(relative)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+
+    def _forget_listings(self) -> None:
+        """Other processes write here too: never answer from a cached listing."""
+        if not self.local:
+            self.fs.invalidate_cache()
 
     def open_read(self, relative: str) -> IO[bytes]:
         handle: IO[bytes] = self.fs.open(self.path(relative), "rb")

@@ -26,6 +26,8 @@ class EncoderSpec:
     depth: int
     num_heads: int
     global_attn_indexes: tuple[int, ...]
+    image_size: int = IMAGE_SIZE
+    window_size: int = WINDOW_SIZE
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
@@ -43,6 +45,8 @@ MODEL_REGISTRY: dict[str, EncoderSpec] = {
     # Small configurations for tests and the demo: same prompt encoder and decoder.
     "vit_small": EncoderSpec(192, 6, 3, (2, 5)),
     "vit_tiny": EncoderSpec(64, 2, 2, (1,)),
+    # The bundled model's size: 256-pixel input (16 x 16 embedding), trained by this project.
+    "vit_mini": EncoderSpec(128, 4, 4, (1, 3), image_size=256, window_size=8),
 }
 
 
@@ -58,21 +62,21 @@ def get_spec(name: str) -> EncoderSpec:
 
 def build_sam_from_spec(spec: EncoderSpec) -> Sam:
     """A SAM with the given encoder and the standard prompt encoder and decoder."""
-    grid = IMAGE_SIZE // PATCH_SIZE
+    grid = spec.image_size // PATCH_SIZE
     image_encoder = ImageEncoderViT(
-        img_size=IMAGE_SIZE,
+        img_size=spec.image_size,
         patch_size=PATCH_SIZE,
         embed_dim=spec.embed_dim,
         depth=spec.depth,
         num_heads=spec.num_heads,
         out_chans=PROMPT_EMBED_DIM,
-        window_size=WINDOW_SIZE,
+        window_size=spec.window_size,
         global_attn_indexes=spec.global_attn_indexes,
     )
     prompt_encoder = PromptEncoder(
         embed_dim=PROMPT_EMBED_DIM,
         image_embedding_size=(grid, grid),
-        input_image_size=(IMAGE_SIZE, IMAGE_SIZE),
+        input_image_size=(spec.image_size, spec.image_size),
         mask_in_chans=16,
     )
     transformer = TwoWayTransformer(

@@ -1,0 +1,128 @@
+"""`saengine train`, `saengine evaluate` and `saengine round` from their composed configs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from engine.training.rounds import EvalSettings, evaluate_checkpoint, run_round
+from engine.training.trainer import StepResult, TrainConfig, train_in_process, train_with_ray
+
+
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def train_config(node: Any) -> TrainConfig:
+    plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    assert isinstance(plain, dict)
+    plain = dict(plain)
+    plain["data"] = tuple(_as_list(plain["data"]))
+    plain["decay_at"] = tuple(plain["decay_at"])
+    plain["output"] = str(plain["output"])
+    known = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in plain.items() if k in known})
+
+
+@contextlib.contextmanager
+def _maybe_ray(cfg: DictConfig, workers: int) -> Iterator[None]:
+    if workers <= 0:
+        yield
+        return
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, log_to_driver=bool(cfg.ray.log_to_driver))
+    else:
+        ray.init(
+            num_cpus=cfg.ray.num_cpus,
+            include_dashboard=False,
+            log_to_driver=bool(cfg.ray.log_to_driver),
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _print_step(result: StepResult) -> None:
+    print(
+        f"step {result.step}: loss {result.loss:.4f}, first-prompt IoU {result.first_iou:.3f}, "
+        f"lr {result.lr:.2e}, {result.seconds:.2f} s",
+        flush=True,
+    )
+
+
+def run_train(cfg: DictConfig) -> None:
+    config = train_config(cfg)
+    workers = int(cfg.workers)
+    with _maybe_ray(cfg, workers):
+        if workers > 0:
+            steps = train_with_ray(config, workers=workers, use_gpu=bool(cfg.use_gpu))
+            last = steps[-1] if steps else {}
+            print(
+                f"trained {len(steps)} steps on {workers} Ray Train workers; "
+                f"last loss {last.get('loss', float('nan')):.4f}"
+            )
+        else:
+            train_in_process(config, report=_print_step)
+    print(f"model: {Path(config.output) / 'model.pth'} (official-format state_dict)")
+
+
+def run_evaluate(cfg: DictConfig) -> None:
+    settings = EvalSettings(
+        max_images=int(cfg.max_images),
+        max_masks=int(cfg.max_masks),
+        points_per_side=int(cfg.points_per_side),
+    )
+    from engine.models import resolve_checkpoint_reference
+
+    checkpoint = resolve_checkpoint_reference(str(cfg.checkpoint))
+    metrics = evaluate_checkpoint(str(cfg.model), checkpoint, _as_list(cfg.data), settings)
+    print(format_metrics(metrics))
+    if cfg.output:
+        Path(str(cfg.output)).write_text(json.dumps(metrics, indent=2))
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    curve = ", ".join(f"{v:.3f}" for v in metrics["click_miou"])
+    return "\n".join(
+        [
+            f"images {metrics['num_images']}, masks {metrics['num_masks']}",
+            f"1-point mIoU {metrics['point_miou']:.3f} (oracle of 3: "
+            f"{metrics['point_miou_oracle']:.3f})",
+            f"mIoU after 1..9 clicks: {curve}",
+            f"clicks to 85% IoU {metrics['noc85']:.2f}, to 90% {metrics['noc90']:.2f}",
+            f"generator recall@0.5 {metrics['amg_recall_50']:.3f}, @0.75 "
+            f"{metrics['amg_recall_75']:.3f}, {metrics['amg_masks_per_image']:.1f} masks/image",
+        ]
+    )
+
+
+def run_round_command(cfg: DictConfig) -> None:
+    settings = EvalSettings(**OmegaConf.to_container(cfg.eval, resolve=True))  # type: ignore[arg-type]
+    workers = int(cfg.workers)
+    with _maybe_ray(cfg, workers):
+        record = run_round(
+            registry_root=str(cfg.registry),
+            train=train_config(cfg.train),
+            eval_data=_as_list(cfg.eval_data),
+            eval_settings=settings,
+            workers=workers,
+            use_gpu=bool(cfg.use_gpu),
+            config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+        )
+    state = "promoted to latest" if record.promoted else "not promoted"
+    print(f"{record.name}: {state} ({record.reason})")
+    print(format_metrics(record.metrics))
+    print(f"registry: {cfg.registry} (latest, rounds/, metrics.png)")

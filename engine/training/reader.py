@@ -1,0 +1,164 @@
+"""Training samples from SA-1B-format data: this project's tar shards, SA-1B's own tars, or
+SA-1B's flat layout (`sa_*.jpg` + `sa_*.json` in a folder).
+
+The index lists every image once (sorted by key) with the byte ranges of its jpg and json, so
+any sample can be read on its own: a step's global batch is a slice of one seeded
+permutation, and each distributed worker reads its own part of that slice. The same seed
+gives the same samples whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fsspec.core import url_to_fs
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from engine.sources import ImageSource
+
+
+class TrainingDataError(ValueError):
+    """A training dataset that cannot be read."""
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    key: str
+    image: ImageSource
+    annotations: ImageSource
+
+
+@dataclass
+class TrainingSample:
+    """image: 3 x h x w float RGB 0..255 with the long side = the model's input size;
+    masks: N x S x S float {0, 1} at the padded model input; key: the image key."""
+
+    image: torch.Tensor
+    masks: torch.Tensor
+    key: str
+
+
+def build_index(paths: Iterable[str]) -> list[IndexEntry]:
+    """Every image of the given datasets (folders or tar files), sorted by (dataset, key)."""
+    entries: list[IndexEntry] = []
+    for path in paths:
+        found = _index_one(str(path))
+        if not found:
+            raise TrainingDataError(f"no SA-1B images (jpg + json pairs) in {path}")
+        entries += sorted(found, key=lambda e: e.key)
+    return entries
+
+
+def _index_one(path: str) -> list[IndexEntry]:
+    fs, root = url_to_fs(path)
+    if root.endswith(".tar"):
+        return _index_tar(fs, root)
+    if not fs.isdir(root):
+        raise TrainingDataError(f"training data not found: {path}")
+    names = sorted(fs.find(root))
+    entries: list[IndexEntry] = []
+    for name in names:
+        if name.endswith(".tar") and "/." not in name:
+            entries += _index_tar(fs, name)
+    jsons = {n[:-5] for n in names if n.endswith(".json") and "/sa_" in n}
+    for stem in sorted(jsons):
+        if stem + ".jpg" in names:
+            key = stem.rsplit("/", 1)[-1]
+            entries.append(
+                IndexEntry(
+                    key,
+                    ImageSource(stem + ".jpg", stem + ".jpg"),
+                    ImageSource(stem + ".json", stem + ".json"),
+                )
+            )
+    return entries
+
+
+def _index_tar(fs: Any, path: str) -> list[IndexEntry]:
+    members: dict[str, dict[str, tarfile.TarInfo]] = {}
+    with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
+        for member in tar.getmembers():
+            key, _, extension = member.name.rpartition(".")
+            if member.isfile() and extension in ("jpg", "json"):
+                members.setdefault(key, {})[extension] = member
+    entries = []
+    for key, pair in members.items():
+        if len(pair) == 2:
+            image, ann = pair["jpg"], pair["json"]
+            entries.append(
+                IndexEntry(
+                    key=key.rsplit("/", 1)[-1],
+                    image=ImageSource(f"{path}#{image.name}", path, image.offset_data, image.size),
+                    annotations=ImageSource(f"{path}#{ann.name}", path, ann.offset_data, ann.size),
+                )
+            )
+    return entries
+
+
+def epoch_order(num_samples: int, *, seed: int, epoch: int) -> np.ndarray:
+    """The seeded permutation of sample indices for one epoch."""
+    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+
+
+def global_batch_indices(num_samples: int, *, seed: int, step: int, batch_size: int) -> list[int]:
+    """Indices of the samples of global step `step` (epochs follow each other)."""
+    indices = []
+    for position in range(step * batch_size, (step + 1) * batch_size):
+        epoch, offset = divmod(position, num_samples)
+        indices.append(int(epoch_order(num_samples, seed=seed, epoch=epoch)[offset]))
+    return indices
+
+
+def worker_share(indices: list[int], rank: int, world_size: int) -> list[int]:
+    """This worker's part of a global batch."""
+    return indices[rank::world_size]
+
+
+def load_sample(
+    entry: IndexEntry,
+    *,
+    image_size: int,
+    max_masks: int,
+    min_mask_area: int = 8,
+    rng: np.random.Generator,
+) -> TrainingSample:
+    """Decode one image and up to `max_masks` of its masks (sampled with rng), resized so
+    the long side is `image_size` and padded to image_size x image_size. Masks smaller than
+    min_mask_area pixels after resizing are skipped."""
+    record = json.loads(entry.annotations.read_bytes())
+    rgb = np.asarray(Image.open(io.BytesIO(entry.image.read_bytes())).convert("RGB"))
+    height, width = rgb.shape[:2]
+    scale = image_size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    image = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float()
+    image = F.interpolate(image, (new_h, new_w), mode="bilinear", align_corners=False)[0]
+    annotations = record.get("annotations", [])
+    order = rng.permutation(len(annotations))
+    masks: list[torch.Tensor] = []
+    for index in order:
+        if len(masks) >= max_masks:
+            break
+        mask = _resized_mask(annotations[index]["segmentation"], (new_h, new_w))
+        if mask.sum() >= min_mask_area:
+            masks.append(F.pad(mask, (0, image_size - new_w, 0, image_size - new_h)))
+    stacked = torch.stack(masks) if masks else torch.zeros(0, image_size, image_size)
+    return TrainingSample(image=image.clamp(0, 255), masks=stacked, key=entry.key)
+
+
+def _resized_mask(segmentation: dict[str, Any], size: tuple[int, int]) -> torch.Tensor:
+    counts = segmentation["counts"]
+    rle = {"size": segmentation["size"], "counts": counts}
+    if isinstance(counts, list):
+        rle = mask_utils.frPyObjects(rle, *segmentation["size"])
+    mask = torch.from_numpy(mask_utils.decode(rle).astype(np.float32))
+    resized = F.interpolate(mask[None, None], size, mode="bilinear", align_corners=False)
+    return (resized[0, 0] >= 0.5).float()

@@ -1,0 +1,144 @@
+"""One retraining round: train on everything collected so far, evaluate on held-out data,
+register the new model, and promote it only if it beats its parent.
+
+The parent is the registry's promoted model (`latest`), or `init_checkpoint` for the first
+round. Training runs in `<registry>/work/<round>/` and resumes there if the round is rerun
+after a failure. The round's record says which shards it trained on, both models' metrics,
+and why it was or was not promoted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from engine.training.evaluate import EvalResult, evaluate
+from engine.training.reader import build_index
+from engine.training.registry import Registry, RoundRecord
+from engine.training.trainer import MODEL_FILE, TrainConfig, train_in_process, train_with_ray
+from model import build_sam
+from stages.automatic import GeneratorConfig
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What the round evaluates: up to max_images held-out images and max_masks masks each;
+    the generator's recall with points_per_side points. metric: the one that decides
+    promotion (higher is better)."""
+
+    max_images: int = 32
+    max_masks: int = 16
+    points_per_side: int = 16
+    metric: str = "point_miou"
+
+    def __post_init__(self) -> None:
+        if self.metric not in EvalResult.__dataclass_fields__ or self.metric.startswith("noc"):
+            raise ValueError(f"eval.metric must be a higher-is-better metric, got {self.metric!r}")
+
+
+def evaluate_checkpoint(
+    model_name: str, checkpoint: str | None, data: list[str], settings: EvalSettings
+) -> dict[str, Any]:
+    sam = build_sam(model_name, checkpoint=checkpoint)
+    result = evaluate(
+        sam,
+        data,
+        max_images=settings.max_images,
+        max_masks=settings.max_masks,
+        generator_config=GeneratorConfig(points_per_side=settings.points_per_side),
+    )
+    return result.to_dict()
+
+
+def training_shards(data: list[str]) -> list[str]:
+    """The exact files a training run reads (tar shards or json/jpg folders)."""
+    return sorted({entry.image.url for entry in build_index(data)})
+
+
+def run_round(
+    *,
+    registry_root: str,
+    train: TrainConfig,
+    eval_data: list[str],
+    eval_settings: EvalSettings,
+    workers: int = 0,
+    use_gpu: bool = False,
+    config_yaml: str = "",
+) -> RoundRecord:
+    """Run the next round; returns its record (registered, promoted or not)."""
+    registry = Registry(registry_root)
+    parent = registry.latest()
+    name = registry.next_round_name()
+    start = str(registry.checkpoint(parent)) if parent else train.init_checkpoint
+    config = replace(train, init_checkpoint=start, output=str(Path(registry_root) / "work" / name))
+    if workers > 0:
+        train_with_ray(config, workers=workers, use_gpu=use_gpu)
+    else:
+        train_in_process(config)
+    model_file = Path(config.output) / MODEL_FILE
+    metrics = evaluate_checkpoint(config.model, str(model_file), eval_data, eval_settings)
+    parent_metrics = None
+    if parent:
+        parent_metrics = registry.record(parent).metrics
+    elif start:
+        parent_metrics = evaluate_checkpoint(config.model, start, eval_data, eval_settings)
+    promoted, reason = _decide(metrics, parent_metrics, eval_settings.metric, parent or start)
+    record = RoundRecord(
+        name=name,
+        model=config.model,
+        sha256="",
+        parent=parent,
+        parent_sha256=registry.record(parent).sha256 if parent else None,
+        training_shards=training_shards(list(config.data)),
+        metrics=metrics,
+        parent_metrics=parent_metrics,
+        promoted=promoted,
+        reason=reason,
+    )
+    record = registry.register(record, model_file=model_file, config_yaml=config_yaml)
+    plot_rounds(registry)
+    return record
+
+
+def _decide(
+    metrics: dict[str, Any], parent: dict[str, Any] | None, metric: str, parent_name: str | None
+) -> tuple[bool, str]:
+    new = float(metrics[metric])
+    if parent is None:
+        return True, f"first model: {metric} {new:.4f} (no parent to beat)"
+    old = float(parent[metric])
+    if new > old:
+        return True, f"{metric} {new:.4f} > parent {parent_name} {old:.4f}"
+    return False, f"{metric} {new:.4f} <= parent {parent_name} {old:.4f}: parent stays latest"
+
+
+def plot_rounds(registry: Registry) -> None:
+    """metrics.png: each round's point mIoU, 5-click mIoU and generator recall@0.5."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = registry.rounds()
+    records = [registry.record(n) for n in names]
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    series = {
+        "1-point mIoU": [r.metrics["point_miou"] for r in records],
+        "5-click mIoU": [
+            r.metrics["click_miou"][4] if r.metrics["click_miou"] else 0.0 for r in records
+        ],
+        "AMG recall@0.5": [r.metrics["amg_recall_50"] for r in records],
+    }
+    for label, values in series.items():
+        axis.plot(range(1, len(values) + 1), values, marker="o", label=label)
+    for index, record in enumerate(records):
+        if record.promoted:
+            axis.axvline(index + 1, color="0.85", zorder=0)
+    axis.set(xlabel="round (grey: promoted)", ylabel="held-out metric", ylim=(0, 1))
+    axis.legend(loc="lower right", fontsize=8)
+    figure.savefig(registry.root / "metrics.png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    summary = [{"round": r.name, "promoted": r.promoted, "reason": r.reason} for r in records]
+    (registry.root / "rounds.json").write_text(json.dumps(summary, indent=2))
