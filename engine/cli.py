@@ -133,7 +133,12 @@ def _synth(overrides: list[str]) -> None:
         split=str(cfg.split),
         seed=int(cfg.seed),
         images_per_shard=int(cfg.images_per_shard),
-        options=SceneOptions(size=int(cfg.size)),
+        options=SceneOptions(
+            size=int(cfg.size),
+            objects=(int(cfg.objects[0]), int(cfg.objects[1])),
+            min_area=int(cfg.min_area),
+            part_probability=float(cfg.part_probability),
+        ),
     )
     print(f"{cfg.num_images} synthetic {cfg.split} scenes in {len(shards)} shards -> {cfg.output}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -121,13 +122,17 @@ class ModelWorker:
 
         if self.init_error:
             return {"error": self.init_error}
+        from engine.models import resolve_checkpoint_reference
+
         checkpoint = self.model_config.get("checkpoint")
+        resolved = resolve_checkpoint_reference(str(checkpoint)) if checkpoint else None
         file_sha = None
-        if checkpoint and os.path.isfile(str(checkpoint)):
-            file_sha = sha256_of(checkpoint)
+        if resolved and os.path.isfile(resolved):
+            file_sha = sha256_of(Path(resolved))
         return {
             "name": self.model_config.get("name"),
             "checkpoint": checkpoint,
+            "checkpoint_file": resolved,
             "checkpoint_sha256": file_sha,
             "weights_sha256": weights_sha256(self.generator.predictor.model),
         }

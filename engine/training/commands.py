@@ -75,7 +75,9 @@ def run_train(cfg: DictConfig) -> None:
                 f"last loss {last.get('loss', float('nan')):.4f}"
             )
         else:
-            train_in_process(config, report=_print_step)
+            results = train_in_process(config)
+            if results:
+                _print_step(results[-1])
     print(f"model: {Path(config.output) / 'model.pth'} (official-format state_dict)")
 
 

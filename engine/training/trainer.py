@@ -288,7 +288,9 @@ class Trainer:
         )
         with self._autocast():
             embeddings = self.sam.image_encoder(images)
-            total = embeddings.new_zeros(())
+            # Zero times the embeddings: a graph to backpropagate even when no image of this
+            # share has a mask (every worker must take part in the gradient all-reduce).
+            total = embeddings.sum() * 0.0
             for position, (index, sample) in enumerate(zip(mine, samples)):
                 if not len(sample.masks):
                     continue
@@ -387,7 +389,19 @@ def read_metrics(output: str | Path) -> list[dict[str, Any]]:
 def train_in_process(
     config: TrainConfig, report: Callable[[StepResult], None] | None = None
 ) -> list[StepResult]:
-    return Trainer(config).run(report)
+    """Train in this process with a progress bar (steps/s, loss, first-prompt IoU)."""
+    from tqdm import tqdm
+
+    trainer = Trainer(config)
+    with tqdm(total=config.steps, initial=trainer.step, unit="step", desc="train") as bar:
+
+        def on_step(result: StepResult) -> None:
+            bar.set_postfix(loss=f"{result.loss:.3f}", iou=f"{result.first_iou:.3f}")
+            bar.update(1)
+            if report is not None:
+                report(result)
+
+        return trainer.run(on_step)
 
 
 def train_with_ray(
