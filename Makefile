@@ -21,7 +21,7 @@ $(TEST_VENV)/.ready: pyproject.toml
 	touch $@
 
 # The main job on the bundled sample images, on an embedded local Ray, CPU only.
-DEMO_ARGS := input=samples/images output=outputs/demo model=demo generator=demo
+DEMO_ARGS := input=samples/images output=outputs/demo model=bundled generator=demo
 
 demo: $(VENV)/.ready
 	$(VENV)/bin/saengine generate $(DEMO_ARGS)

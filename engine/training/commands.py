@@ -8,13 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from engine.training.rounds import EvalSettings, evaluate_checkpoint, run_round
 from engine.training.trainer import StepResult, TrainConfig, train_in_process, train_with_ray
 
 
 def _as_list(value: Any) -> list[str]:
+    if isinstance(value, ListConfig):
+        value = OmegaConf.to_container(value, resolve=True)
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value]
     return [str(value)]

@@ -15,7 +15,12 @@ def test_help_explains_commands_and_options() -> None:
     assert top.returncode == 0 and "generate" in top.stdout and "inspect" in top.stdout
     generate = run_saengine("generate", "--help")
     assert generate.returncode == 0
-    for text in ("images_per_shard", "ray:", "model=<demo|vit_b|vit_h|vit_l>", "pred_iou_thresh"):
+    for text in (
+        "images_per_shard",
+        "ray:",
+        "model=<bundled|demo|vit_b|vit_h|vit_l>",
+        "pred_iou_thresh",
+    ):
         assert text in generate.stdout
 
 
@@ -59,7 +64,7 @@ def test_presets_compose_to_the_official_values() -> None:
     demo = compose_config(
         "generate", ["input=a", "output=b", "model=demo", "generator=demo"]
     ).generator
-    assert demo.points_per_side == 8 and demo.box_nms_thresh == 0.7
+    assert demo.points_per_side == 16 and demo.box_nms_thresh == 0.7
 
 
 def test_inspect_of_a_folder_that_is_not_a_dataset(tmp_path: Path) -> None:
