@@ -36,7 +36,7 @@ from engine.dataset import (
     write_summary,
 )
 from engine.images import ImageOptions
-from engine.pipeline import PipelineResult, Resources, run_pipeline, start_model_workers
+from engine.pipeline import Pipeline, PipelineResult, Resources, start_model_workers
 from engine.sources import ImageSource, list_sources, sources_digest
 from engine.storage import Storage
 from engine.workers import ImagePlan, ShardInfo
@@ -269,7 +269,7 @@ def _run_with_progress(
         )
 
     with bar:
-        return run_pipeline(
+        return Pipeline(
             todo,
             workers=workers,
             storage=storage,
@@ -279,7 +279,7 @@ def _run_with_progress(
             resources=settings.resources,
             on_image=on_image,
             on_shard=on_shard,
-        )
+        ).run()
 
 
 def _write_summary(

@@ -106,8 +106,9 @@ def start_model_workers(
     ]
 
 
-class _Driver:
-    """The scheduling loop's state: what is queued, in flight and finished per shard."""
+class Pipeline:
+    """Processes `plans` (images of uncommitted shards, in order) and commits their shards.
+    Holds the scheduling state: what is queued, in flight and finished per shard."""
 
     def __init__(
         self,
@@ -119,8 +120,8 @@ class _Driver:
         image_options: ImageOptions,
         storage_options: dict[str, Any],
         resources: Resources,
-        on_image: Callable[[ManifestRow], None],
-        on_shard: Callable[[ShardInfo], None],
+        on_image: Callable[[ManifestRow], None] = lambda row: None,
+        on_shard: Callable[[ShardInfo], None] = lambda info: None,
     ) -> None:
         self.queue = deque(plans)
         self.workers = workers
@@ -143,7 +144,15 @@ class _Driver:
         self.storage_options = storage_options
         self.generator_config = ray.put(generator_config)
 
-    def run(self) -> list[ShardInfo]:
+    def run(self) -> PipelineResult:
+        start = time.perf_counter()
+        shards = self._schedule()
+        stats = ray.get([worker.stats.remote() for worker in self.workers])
+        return PipelineResult(
+            shards=shards, worker_stats=stats, seconds=time.perf_counter() - start
+        )
+
+    def _schedule(self) -> list[ShardInfo]:
         shards: list[ShardInfo] = []
         while self.queue or self.images or self.commits:
             while self.queue and len(self.images) < self.resources.in_flight:
@@ -198,33 +207,3 @@ class _Driver:
         if self.remaining[plan.shard] == 0:
             commit = self.commit.remote(self.storage, plan.shard, self.rows.pop(plan.shard))
             self.commits[commit] = plan.shard
-
-
-def run_pipeline(
-    plans: Sequence[ImagePlan],
-    *,
-    workers: list[Any],
-    storage: Storage,
-    generator_config: GeneratorConfig,
-    image_options: ImageOptions,
-    storage_options: dict[str, Any],
-    resources: Resources,
-    on_image: Callable[[ManifestRow], None] = lambda row: None,
-    on_shard: Callable[[ShardInfo], None] = lambda info: None,
-) -> PipelineResult:
-    """Process `plans` (images of uncommitted shards, in order) and commit their shards."""
-    start = time.perf_counter()
-    driver = _Driver(
-        plans,
-        workers=workers,
-        storage=storage,
-        generator_config=generator_config,
-        image_options=image_options,
-        storage_options=storage_options,
-        resources=resources,
-        on_image=on_image,
-        on_shard=on_shard,
-    )
-    shards = driver.run()
-    stats = ray.get([worker.stats.remote() for worker in workers])
-    return PipelineResult(shards=shards, worker_stats=stats, seconds=time.perf_counter() - start)
