@@ -164,7 +164,7 @@ def test_changed_config_is_refused_unless_forced(reference: Path, photos: Path) 
     result = run_saengine(*_args(photos, reference, "generator.pred_iou_thresh=0.6"))
     assert result.returncode == 2
     error = result.stderr.strip().splitlines()[-1]
-    assert "another config" in error and "generator.pred_iou_thresh: 0.5 -> 0.6" in error
+    assert "another config" in error and "generator.pred_iou_thresh: 0.15 -> 0.6" in error
     assert dataset_files(reference) == before
     again = run_saengine(*_args(photos, reference))
     assert again.returncode == 0 and f"({NUM_PHOTOS} from earlier runs)" in again.stdout
