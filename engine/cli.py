@@ -6,7 +6,9 @@ saengine inspect <output> [pictures=true]
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from importlib import resources
@@ -172,7 +174,26 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], None]]] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
+    """The console command. Run as a program (argv None), it ends with os._exit after
+    flushing its output: native thread pools (torch, Arrow) can otherwise abort the
+    process during interpreter teardown, after the work is done."""
+    if argv is not None:
+        _main(argv)
+        return
+    code = 0
+    try:
+        _main(sys.argv[1:])
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _main(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return

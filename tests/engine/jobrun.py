@@ -18,7 +18,7 @@ FAST = [
     "ray.num_cpus=2",
     "progress=false",
 ]
-TIMEOUT_S = 300
+TIMEOUT_S = 900  # a hang guard; a job here takes 10-60 s on an idle 2-core machine
 
 
 def saengine_command() -> list[str]:

@@ -18,6 +18,7 @@ from PIL import Image
 from tests.engine.inputs import write_bad_inputs, write_good_photos
 from tests.engine.jobrun import (
     FAST,
+    TIMEOUT_S,
     committed,
     dataset_files,
     kill9,
@@ -155,7 +156,7 @@ def test_kill_9_of_a_model_worker_is_survived(
     workers = processes_named("ray::ModelWorker")
     assert workers, "no model worker process found"
     kill9(workers[0])
-    assert job.wait(timeout=300) == 0, (tmp_path / "log").read_text()[-2000:]
+    assert job.wait(timeout=TIMEOUT_S) == 0, (tmp_path / "log").read_text()[-2000:]
     assert dataset_files(output) == dataset_files(reference)
 
 
