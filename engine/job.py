@@ -103,6 +103,7 @@ def run_generate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     settings = JobSettings.from_config(cfg)
     _check_checkpoint(settings.model_config.get("checkpoint"))
     storage = Storage(settings.output, settings.storage_options)
+    _check_output(storage)
     sources = list_sources(settings.input, settings.storage_options)
     plans = plan_images(sources, settings.images_per_shard)
     started = time.perf_counter()
@@ -130,6 +131,18 @@ def run_generate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     storage.write_bytes(f"{run_dir}/run.json", json.dumps(run, indent=2).encode())
     _print_summary(summary, run, storage, len(plans) - len(todo))
     return summary
+
+
+def _check_output(storage: Storage) -> None:
+    """Fail before starting anything when a local output folder cannot be written."""
+    if not storage.local:
+        return
+    try:
+        os.makedirs(storage.root, exist_ok=True)
+    except OSError as error:
+        raise JobError(f"cannot create output {storage.root}: {error.strerror}") from error
+    if not os.access(storage.root, os.W_OK):
+        raise JobError(f"output {storage.root} is not writable")
 
 
 def _check_checkpoint(checkpoint: str | None) -> None:

@@ -42,6 +42,10 @@ def test_help_explains_commands_and_options() -> None:
             "checkpoint not found: /no/such.pth",
         ),
         (["inspect"], "path"),
+        (
+            ["generate", f"input={Path(__file__).parent}", "output=/dev/null/out", "model=demo"],
+            "cannot create output /dev/null/out",
+        ),
     ],
 )
 def test_bad_command_lines_fail_in_one_line(args: list[str], message: str) -> None:
