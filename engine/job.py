@@ -107,7 +107,7 @@ def run_generate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     sources = list_sources(settings.input, settings.storage_options)
     plans = plan_images(sources, settings.images_per_shard)
     started = time.perf_counter()
-    with _ray_session(cfg):
+    with ray_session(cfg):
         _check_room(settings.resources, embedded=not cfg.ray.address)
         workers = start_model_workers(
             model_config=settings.model_config,
@@ -156,7 +156,9 @@ def _check_checkpoint(checkpoint: str | None) -> None:
 
 
 @contextlib.contextmanager
-def _ray_session(cfg: DictConfig) -> Iterator[None]:
+def ray_session(cfg: DictConfig) -> Iterator[None]:
+    """The Ray a command runs on: the one already initialized, the cluster at ray.address,
+    or an embedded local Ray (shut down afterwards)."""
     import ray
 
     if ray.is_initialized():

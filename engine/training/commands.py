@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from engine.job import ray_session
 from engine.training.rounds import EvalSettings, evaluate_checkpoint, run_round
 from engine.training.trainer import StepResult, TrainConfig, train_in_process, train_with_ray
 
@@ -33,28 +33,9 @@ def train_config(node: Any) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in plain.items() if k in known})
 
 
-@contextlib.contextmanager
-def _maybe_ray(cfg: DictConfig, workers: int) -> Iterator[None]:
-    if workers <= 0:
-        yield
-        return
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, log_to_driver=bool(cfg.ray.log_to_driver))
-    else:
-        ray.init(
-            num_cpus=cfg.ray.num_cpus,
-            include_dashboard=False,
-            log_to_driver=bool(cfg.ray.log_to_driver),
-        )
-    try:
-        yield
-    finally:
-        ray.shutdown()
+def _maybe_ray(cfg: DictConfig, workers: int) -> contextlib.AbstractContextManager[None]:
+    """Ray only when training on Ray Train workers."""
+    return ray_session(cfg) if workers > 0 else contextlib.nullcontext()
 
 
 def _print_step(result: StepResult) -> None:

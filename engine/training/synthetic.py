@@ -22,13 +22,12 @@ from engine.dataset import (
     ManifestRow,
     dumps_json,
     image_key,
-    pack_shard,
     shard_name,
     staged_path,
-    write_manifest_part,
     write_summary,
 )
 from engine.storage import Storage
+from engine.workers import commit_shard
 from stages.automatic.geometry import box_xyxy_to_xywh
 from stages.automatic.rle import coco_encode, masks_to_rles
 
@@ -212,9 +211,7 @@ def write_synthetic_dataset(
                     error="",
                 )
             )
-        pack_shard(storage, shard, [row.key for row in rows])
-        write_manifest_part(storage, shard, rows)
-        storage.remove(f".staging/{shard_name(shard)}")
+        commit_shard(storage, shard, rows)
         shards.append(f"{shard_name(shard)}.tar")
     job = {
         "synthetic": {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -132,12 +133,17 @@ def test_inspect_finds_damage(reference: Path, tmp_path: Path) -> None:
     assert "sa_000002.tar: missing" in result.stdout
 
 
+def _start_until_first_shard(photos: Path, output: Path, log: Path) -> subprocess.Popen:
+    job = start_saengine(*_args(photos, output), log=log)
+    wait_for(lambda: committed(output) >= 1, "a committed shard", job)
+    return job
+
+
 def test_resume_after_kill_9_of_the_driver_is_byte_identical(
     reference: Path, photos: Path, tmp_path: Path
 ) -> None:
     output = tmp_path / "dataset"
-    job = start_saengine(*_args(photos, output), log=tmp_path / "log")
-    wait_for(lambda: committed(output) >= 1, "a committed shard", job)
+    job = _start_until_first_shard(photos, output, tmp_path / "log")
     kill9(job.pid)
     job.wait()
     assert 1 <= committed(output) < NUM_PHOTOS, "the kill should land mid-run"
@@ -151,8 +157,7 @@ def test_kill_9_of_a_model_worker_is_survived(
     reference: Path, photos: Path, tmp_path: Path
 ) -> None:
     output = tmp_path / "dataset"
-    job = start_saengine(*_args(photos, output), log=tmp_path / "log")
-    wait_for(lambda: committed(output) >= 1, "a committed shard", job)
+    job = _start_until_first_shard(photos, output, tmp_path / "log")
     workers = processes_named("ray::ModelWorker")
     assert workers, "no model worker process found"
     kill9(workers[0])
