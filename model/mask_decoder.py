@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from model.common import MLP, LayerNorm2d
 from model.transformer import TwoWayTransformer
@@ -83,18 +84,49 @@ class MaskDecoder(nn.Module):
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
         src = image_embeddings + _collapse_broadcast(dense_prompt_embeddings)
-        channels, height, width = src.shape[1:]
+        height, width = src.shape[-2:]
         hs, image_tokens = self.transformer(src, image_pe, tokens)
-        image_tokens = image_tokens.expand(batch, -1, -1)
-        upscaled = self.output_upscaling(
-            image_tokens.transpose(1, 2).reshape(batch, channels, height, width)
-        )
+        features = self._upscale(image_tokens.expand(batch, -1, -1), height, width)
         hyper_in = torch.stack(
             [self.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in selected], dim=1
         )
-        masks = (hyper_in @ upscaled.flatten(2)).unflatten(-1, upscaled.shape[-2:])
+        masks = _from_subpixel_order(hyper_in @ features.transpose(1, 2), height, width)
         iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, selected.start : selected.stop]
         return masks, iou_pred
+
+    def _upscale(self, image_tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """`output_upscaling` on B x (h*w) x C image tokens, channels last.
+
+        Each 2x2 stride-2 transposed convolution is one matrix product that gives every
+        input pixel its 2x2 block of output pixels; the normalisation and activations act
+        per pixel, so the blocks are never rearranged here. Returns B x (h*w*16) x C/8 with
+        pixels in sub-pixel order (see `_from_subpixel_order`).
+        """
+        first, norm, act1, second, act2 = self.output_upscaling
+        x = act1(_layer_norm_last(_transposed_conv_2x2(image_tokens, first), norm))
+        x = act2(_transposed_conv_2x2(x, second))
+        return x.reshape(image_tokens.shape[0], height * width * 16, -1)
+
+
+def _transposed_conv_2x2(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+    """ConvTranspose2d(kernel 2, stride 2) on channels-last ... x C_in -> ... x 2 x 2 x C_out
+    (the output pixel (2i + a, 2j + b) of input pixel (i, j) is at [..., a, b, :])."""
+    c_in, c_out = conv.weight.shape[:2]
+    weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * c_out, c_in)
+    return F.linear(x, weight, conv.bias.repeat(4)).unflatten(-1, (2, 2, c_out))
+
+
+def _layer_norm_last(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """`LayerNorm2d` applied to a channels-last tensor."""
+    return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)
+
+
+def _from_subpixel_order(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """B x M x (h*w*16) in the order (i, j, a1, b1, a2, b2) of `_upscale` -> B x M x 4h x 4w,
+    row 4i + 2a1 + a2, column 4j + 2b1 + b2."""
+    blocks = masks.unflatten(-1, (height, width, 2, 2, 2, 2))
+    rows_first = blocks.permute(0, 1, 2, 4, 6, 3, 5, 7)
+    return rows_first.reshape(*masks.shape[:2], 4 * height, 4 * width)
 
 
 def _collapse_broadcast(dense: torch.Tensor) -> torch.Tensor:

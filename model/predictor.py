@@ -68,11 +68,26 @@ def _check_box(box: np.ndarray, size: tuple[int, int]) -> None:
         )
 
 
+# Prompts decoded together on a CPU. Each prompt carries ~40 MB of full-width activations
+# through the decoder; groups of a few stay in cache, where 64 at once run 2.3x slower per
+# prompt (docs/benchmarks.md). GPUs take the whole batch.
+CPU_PROMPT_GROUP = 4
+
+
 class SamPredictor:
-    def __init__(self, sam: Sam, *, autocast_dtype: torch.dtype | None = None) -> None:
-        """autocast_dtype: e.g. torch.bfloat16 for the fast mode on CUDA; None is fp32."""
+    def __init__(
+        self,
+        sam: Sam,
+        *,
+        autocast_dtype: torch.dtype | None = None,
+        prompt_group: int | None = None,
+    ) -> None:
+        """autocast_dtype: e.g. torch.bfloat16 for the fast mode on CUDA; None is fp32.
+        prompt_group: prompts run through the decoder together (default: all of them
+        on a GPU, `CPU_PROMPT_GROUP` on a CPU); results do not depend on it."""
         self.model = sam
         self.autocast_dtype = autocast_dtype
+        self.prompt_group = prompt_group
         self.reset_image()
 
     @property
@@ -211,16 +226,27 @@ class SamPredictor:
         """Low-res logits B x M x 256 x 256 (fp32) and IoU predictions B x M, no upsampling."""
         if self.features is None:
             raise RuntimeError("call set_image before predicting")
+        prompts = [point_coords, point_labels, boxes, mask_input]
+        batch = max((len(p) for p in prompts if p is not None), default=1)
+        group = self.prompt_group or (batch if self.device.type == "cuda" else CPU_PROMPT_GROUP)
+        outputs = []
         with self._inference():
-            low_res, iou = self.model.decode(
-                self.features,
-                point_coords=point_coords,
-                point_labels=point_labels,
-                boxes=boxes,
-                mask_input=mask_input,
-                multimask_output=multimask_output,
-            )
-        return low_res.float(), iou.float()
+            for start in range(0, batch, group):
+                part = [
+                    p if p is None or len(p) < batch else p[start : start + group] for p in prompts
+                ]
+                low_res, iou = self.model.decode(
+                    self.features,
+                    point_coords=part[0],
+                    point_labels=part[1],
+                    boxes=part[2],
+                    mask_input=part[3],
+                    multimask_output=multimask_output,
+                )
+                outputs.append((low_res.float(), iou.float()))
+        if len(outputs) == 1:
+            return outputs[0]
+        return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
 
     def upscale(self, low_res: torch.Tensor) -> torch.Tensor:
         """B x M x 256 x 256 logits -> B x M x H x W logits in original-image pixels."""

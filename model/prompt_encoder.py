@@ -82,6 +82,7 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self._dense_pe_cache: tuple[tuple[int, int, int, bool], torch.Tensor] | None = None
 
     def _point_embed(self, row: int) -> torch.Tensor:
         embedding = self.point_embeddings[row]
@@ -89,8 +90,21 @@ class PromptEncoder(nn.Module):
         return embedding.weight
 
     def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image embedding grid: 1 x C x h x w."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        """Positional encoding of the image embedding grid: 1 x C x h x w.
+
+        It depends only on the Gaussian matrix, so it is kept until that buffer is changed
+        (loading weights, moving devices) or the inference mode differs.
+        """
+        if torch.compiler.is_compiling():
+            return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        gaussian = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (id(gaussian), gaussian.data_ptr(), gaussian._version)
+        key += (torch.is_inference_mode_enabled(),)
+        cached = self._dense_pe_cache
+        if cached is None or cached[0] != key:
+            cached = (key, self.pe_layer(self.image_embedding_size).unsqueeze(0))
+            self._dense_pe_cache = cached
+        return cached[1]
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         """B x N x 2 XY (model-input pixels) and B x N labels -> B x N(+1) x C."""

@@ -156,7 +156,8 @@ class TwoWayTransformer(nn.Module):
         """image_embedding: Bi x C x h x w (Bi = B or 1, shared by all prompts);
         image_pe: 1 x C x h x w; point_embedding: B x N x C.
         Returns tokens B x N x C and image tokens B x (h*w) x C."""
-        keys = image_embedding.flatten(2).transpose(1, 2)
+        # Token-major once here, so that every later add and projection reads contiguous rows.
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
         for layer in self.layers:

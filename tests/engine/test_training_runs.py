@@ -98,7 +98,7 @@ def test_resume_continues_the_same_run(data: dict[str, str], tmp_path: Path) -> 
 def test_checkpoints_round_trip_with_the_official_package(
     data: dict[str, str], tmp_path: Path
 ) -> None:
-    from tests.oracle import _build_sam
+    from segment_anything.build_sam import _build_sam
 
     config = _config(
         data,

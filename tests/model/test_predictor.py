@@ -133,3 +133,43 @@ def test_bf16_autocast_on_cuda_stays_close():
     fast.set_image(image)
     rel = (exact.features - fast.features).norm() / exact.features.norm()
     assert rel < 2e-2
+
+
+def test_dense_positional_encoding_follows_new_weights():
+    sam = build_sam("vit_tiny")
+    encoder = sam.prompt_encoder
+    with torch.inference_mode():
+        before = encoder.get_dense_pe().clone()
+    state = sam.state_dict()
+    state["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"] = torch.randn(2, 128)
+    sam.load_state_dict(state)
+    with torch.inference_mode():
+        after = encoder.get_dense_pe()
+        fresh = encoder.pe_layer(encoder.image_embedding_size).unsqueeze(0)
+    assert not torch.allclose(before, after)
+    assert torch.equal(after, fresh)
+    # An encoding made under inference mode is not reused where gradients are recorded.
+    low, _ = sam.decode(
+        torch.randn(1, 256, 64, 64),
+        point_coords=torch.rand(1, 1, 2) * 1024,
+        point_labels=torch.ones(1, 1, dtype=torch.int),
+    )
+    low.mean().backward()
+    assert sam.mask_decoder.mask_tokens.weight.grad is not None
+
+
+def test_model_works_under_torch_compile():
+    torch.manual_seed(0)
+    sam = build_sam("vit_tiny").eval()
+    images = torch.randn(1, 3, 1024, 1024)
+    coords, labels = torch.rand(4, 2, 2) * 1024, torch.tensor([[1, 0]] * 4, dtype=torch.int)
+
+    def run(encoder, decode):
+        embedding = encoder(images)
+        return embedding, *decode(embedding, point_coords=coords, point_labels=labels)
+
+    with torch.inference_mode():
+        eager = run(sam.image_encoder, sam.decode)
+        compiled = run(torch.compile(sam.image_encoder), torch.compile(sam.decode))
+    for ours, reference in zip(compiled, eager, strict=True):
+        assert torch.allclose(ours, reference, atol=1e-4), (ours - reference).abs().max()
