@@ -103,20 +103,23 @@ class MaskDecoder(nn.Module):
         pixels in sub-pixel order (see `_from_subpixel_order`).
         """
         first, norm, act1, second, act2 = self.output_upscaling
+        assert isinstance(first, nn.ConvTranspose2d) and isinstance(second, nn.ConvTranspose2d)
+        assert isinstance(norm, LayerNorm2d)
         x = act1(_layer_norm_last(_transposed_conv_2x2(image_tokens, first), norm))
         x = act2(_transposed_conv_2x2(x, second))
         return x.reshape(image_tokens.shape[0], height * width * 16, -1)
 
 
-def _transposed_conv_2x2(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+def _transposed_conv_2x2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
     """ConvTranspose2d(kernel 2, stride 2) on channels-last ... x C_in -> ... x 2 x 2 x C_out
     (the output pixel (2i + a, 2j + b) of input pixel (i, j) is at [..., a, b, :])."""
     c_in, c_out = conv.weight.shape[:2]
     weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * c_out, c_in)
-    return F.linear(x, weight, conv.bias.repeat(4)).unflatten(-1, (2, 2, c_out))
+    bias = None if conv.bias is None else conv.bias.repeat(4)
+    return F.linear(x, weight, bias).unflatten(-1, (2, 2, c_out))
 
 
-def _layer_norm_last(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+def _layer_norm_last(x: torch.Tensor, norm: LayerNorm2d) -> torch.Tensor:
     """`LayerNorm2d` applied to a channels-last tensor."""
     return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)
 

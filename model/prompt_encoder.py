@@ -98,8 +98,12 @@ class PromptEncoder(nn.Module):
         if torch.compiler.is_compiling():
             return self.pe_layer(self.image_embedding_size).unsqueeze(0)
         gaussian = self.pe_layer.positional_encoding_gaussian_matrix
-        key = (id(gaussian), gaussian.data_ptr(), gaussian._version)
-        key += (torch.is_inference_mode_enabled(),)
+        key = (
+            id(gaussian),
+            gaussian.data_ptr(),
+            gaussian._version,
+            torch.is_inference_mode_enabled(),
+        )
         cached = self._dense_pe_cache
         if cached is None or cached[0] != key:
             cached = (key, self.pe_layer(self.image_embedding_size).unsqueeze(0))
