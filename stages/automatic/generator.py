@@ -8,6 +8,7 @@ resolution); stability, boxes and RLE are computed for a whole chunk at once.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -49,12 +50,19 @@ class AutomaticMaskGenerator:
         config: GeneratorConfig | None = None,
         *,
         chunk_bytes: int = 256 << 20,
+        overlap: bool | None = None,
         **overrides: Any,
     ) -> None:
         """model: a Sam, or a SamPredictor (e.g. one with bf16 autocast for the fast mode).
         config: GeneratorConfig (official defaults if None); overrides: its fields by name.
-        chunk_bytes: memory bound for full-resolution candidates held at once."""
+        chunk_bytes: memory bound for full-resolution candidates held at once.
+        overlap: post-process each point batch on a second thread while the model decodes
+        the next (default: on a GPU, where the model work is asynchronous; results are the
+        same either way)."""
         self.predictor = model if isinstance(model, SamPredictor) else SamPredictor(model)
+        if overlap is None:
+            overlap = self.predictor.device.type == "cuda"
+        self._finisher = ThreadPoolExecutor(1, "sam-finish") if overlap else None
         config = config or GeneratorConfig()
         self.config = config.with_overrides(**overrides) if overrides else config
         self.chunk_bytes = chunk_bytes
@@ -103,10 +111,23 @@ class AutomaticMaskGenerator:
         points = self.point_grids[layer] * np.array([[crop_size[1], crop_size[0]]])
         step = self.config.points_per_batch
         image_size = (image.shape[0], image.shape[1])
-        parts = [
-            self._process_batch(points[start : start + step], crop_size, crop_box, image_size)
-            for start in range(0, len(points), step)
-        ]
+        batches = (points[start : start + step] for start in range(0, len(points), step))
+        parts = []
+        if self._finisher is None:
+            for batch in batches:
+                decoded = self._decode_batch(batch, crop_size)
+                parts.append(self._finish_batch(*decoded, crop_box, image_size))
+        else:
+            # Batch i is post-processed on the finisher thread while the model decodes batch
+            # i + 1; at most one batch waits, and all are done before the next crop.
+            pending: Future[MaskColumns] | None = None
+            for batch in batches:
+                decoded = self._decode_batch(batch, crop_size)
+                if pending is not None:
+                    parts.append(pending.result())
+                pending = self._finisher.submit(self._finish_batch, *decoded, crop_box, image_size)
+            if pending is not None:
+                parts.append(pending.result())
         self.predictor.reset_image()
         data = MaskColumns.concat(parts)
         data = data.filter(nms(data.boxes.float(), data.iou_preds, self.config.box_nms_thresh))
@@ -114,15 +135,11 @@ class AutomaticMaskGenerator:
         data.points = uncrop_points(data.points, crop_box)
         return data
 
-    def _process_batch(
-        self,
-        points: np.ndarray,
-        crop_size: tuple[int, int],
-        crop_box: list[int],
-        image_size: tuple[int, int],
-    ) -> MaskColumns:
-        """points: B x 2 XY in crop pixels (float64). Returns candidates that pass every
-        per-mask filter, with boxes in crop pixels."""
+    def _decode_batch(
+        self, points: np.ndarray, crop_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """points: B x 2 XY in crop pixels (float64) -> low-res logits, predicted IoUs and
+        points of the masks that pass the predicted-IoU filter."""
         predictor = self.predictor
         coords = scale_coords(points, crop_size, predictor.model.img_size)
         coords_t = torch.as_tensor(coords, device=predictor.device)[:, None, :]
@@ -131,18 +148,30 @@ class AutomaticMaskGenerator:
         low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
         point_rows = torch.as_tensor(np.repeat(points, MASKS_PER_POINT, axis=0))
         keep = keep_by_predicted_iou(iou_preds, self.config.pred_iou_thresh)
-        low_res, iou_preds, point_rows = low_res[keep], iou_preds[keep], point_rows[keep.cpu()]
-        chunk = self._chunk_size(crop_size, image_size)
-        parts = [
-            self._finish_chunk(
-                low_res[start : start + chunk],
-                iou_preds[start : start + chunk],
-                point_rows[start : start + chunk],
-                crop_box,
-                image_size,
-            )
-            for start in range(0, len(low_res), chunk)
-        ]
+        return low_res[keep], iou_preds[keep], point_rows[keep.cpu()]
+
+    def _finish_batch(
+        self,
+        low_res: torch.Tensor,
+        iou_preds: torch.Tensor,
+        point_rows: torch.Tensor,
+        crop_box: list[int],
+        image_size: tuple[int, int],
+    ) -> MaskColumns:
+        """Candidates that pass every per-mask filter, boxes in crop pixels."""
+        x0, y0, x1, y1 = crop_box
+        chunk = self._chunk_size((y1 - y0, x1 - x0), image_size)
+        with torch.inference_mode():
+            parts = [
+                self._finish_chunk(
+                    low_res[start : start + chunk],
+                    iou_preds[start : start + chunk],
+                    point_rows[start : start + chunk],
+                    crop_box,
+                    image_size,
+                )
+                for start in range(0, len(low_res), chunk)
+            ]
         return MaskColumns.concat(parts)
 
     def _chunk_size(self, crop_size: tuple[int, int], image_size: tuple[int, int]) -> int:

@@ -78,3 +78,23 @@ def test_annotation_fields_are_consistent(sam):
         assert annotation["area"] == len(xs)
         assert annotation["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()]
         assert isinstance(annotation["segmentation"]["counts"], str)
+
+
+def test_overlapped_post_processing_gives_the_same_masks():
+    """Post-processing on a second thread (the GPU default) changes nothing: several point
+    batches per crop, two crop layers, the bundled trained model's varied masks."""
+    from engine.models import BUNDLED_CHECKPOINT
+
+    trained = build_sam("vit_mini", checkpoint=BUNDLED_CHECKPOINT)
+    settings = dict(
+        points_per_side=8,
+        points_per_batch=10,
+        pred_iou_thresh=0.02,
+        stability_score_thresh=0.05,
+        crop_n_layers=1,
+    )
+    image = load_rgb("groceries.jpg")
+    sequential = AutomaticMaskGenerator(trained, overlap=False, **settings).generate(image)
+    overlapped = AutomaticMaskGenerator(trained, overlap=True, **settings).generate(image)
+    assert len(sequential) >= 10
+    assert overlapped == sequential
