@@ -57,10 +57,7 @@ def pair():
 def test_generator_matches_official(pair, case):
     ours, reference = pair
     image = load_rgb("groceries.jpg" if case == "crops_and_small_regions" else "dog.jpg")
-    settings = CASES[case]
-    mine = AutomaticMaskGenerator(ours, **settings).generate(image)
-    theirs = official.SamAutomaticMaskGenerator(reference, output_mode="coco_rle", **settings)
-    expected = theirs.generate(image)
+    mine, expected = generate_both(ours, reference, image, CASES[case])
     assert len(mine) == len(expected)
     if case in ("full_image_no_nms", "crops_and_small_regions"):
         assert len(mine) >= 10
@@ -77,15 +74,18 @@ def trained_pair():
 def test_generator_with_a_trained_model_matches_official(trained_pair, case):
     ours, reference = trained_pair
     image = load_rgb("dog.jpg" if case == "trained_full_image" else "groceries.jpg")
-    settings = TRAINED_CASES[case]
-    mine = AutomaticMaskGenerator(ours, **settings).generate(image)
-    theirs = official.SamAutomaticMaskGenerator(reference, output_mode="coco_rle", **settings)
-    expected = theirs.generate(image)
+    mine, expected = generate_both(ours, reference, image, TRAINED_CASES[case])
     assert len(mine) == len(expected) >= 10
     # Local masks, not the whole image again and again.
     assert len({tuple(a["bbox"]) for a in mine}) == len(mine)
     assert max(a["area"] for a in mine) < 0.5 * image.shape[0] * image.shape[1]
     assert_same_masks(mine, expected)
+
+
+def generate_both(ours, reference, image, settings: dict) -> tuple[list[dict], list[dict]]:
+    mine = AutomaticMaskGenerator(ours, **settings).generate(image)
+    theirs = official.SamAutomaticMaskGenerator(reference, output_mode="coco_rle", **settings)
+    return mine, theirs.generate(image)
 
 
 def assert_same_masks(mine: list[dict], expected: list[dict]) -> None:
