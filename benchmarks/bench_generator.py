@@ -117,8 +117,7 @@ def main() -> None:
             hits = matched_one_to_one(got, quick)
             drift += (len(got), hits, abs(len(quick) - len(got)))
             line += (
-                f"; fast {t_fast:.2f} s, {len(quick)} masks, "
-                f"matched at IoU>=0.9: {hits}/{len(got)}"
+                f"; fast {t_fast:.2f} s, {len(quick)} masks, matched at IoU>=0.9: {hits}/{len(got)}"
             )
         print(line, flush=True)
     summary = f"total: ours {totals[0]:.2f} s"

@@ -173,3 +173,28 @@ def test_model_works_under_torch_compile():
         compiled = run(torch.compile(sam.image_encoder), torch.compile(sam.decode))
     for ours, reference in zip(compiled, eager, strict=True):
         assert torch.allclose(ours, reference, atol=1e-4), (ours - reference).abs().max()
+
+
+@pytest.mark.parametrize(
+    ("query_shape", "key_shape"),
+    [
+        ((3, 7, 256), (3, 4096, 256)),  # prompt tokens asking per-prompt image tokens
+        ((3, 4096, 256), (3, 7, 256)),  # image tokens asking prompt tokens
+        ((1, 4096, 256), (3, 7, 256)),  # one image shared by three prompts
+        ((3, 7, 256), (1, 4096, 256)),  # shared image keys: the standard path
+    ],
+)
+def test_inference_attention_equals_the_training_path(query_shape, key_shape):
+    """Without gradients the decoder's cross-attention projects the few prompt tokens
+    instead of the many image tokens; it must give what the plain attention gives."""
+    from model.transformer import Attention
+
+    torch.manual_seed(0)
+    attention = Attention(256, 8, downsample_rate=2)
+    for parameter in attention.parameters():
+        torch.nn.init.normal_(parameter, std=0.1)
+    q, k, v = torch.randn(query_shape), torch.randn(key_shape), torch.randn(key_shape)
+    with torch.no_grad():
+        folded = attention(q, k, v)
+    plain = attention(q, k, v).detach()
+    assert torch.allclose(folded, plain, atol=1e-4), (folded - plain).abs().max()
