@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import machine, median_seconds
+from benchmarks.common import machine, median_seconds, paired_median_seconds
 from model import SamPredictor
 from tests.conftest import load_rgb
 from tests.oracle import build_pair, official
@@ -50,23 +50,24 @@ def bench_cpu(quick: bool) -> list[tuple[str, float, float]]:
     image = load_rgb("dog.jpg")
     mine, theirs = SamPredictor(ours), official.SamPredictor(reference)
     repeats = 1 if quick else 3
-    t_ours = median_seconds(lambda: mine.set_image(image), repeats=repeats)
-    t_ref = median_seconds(lambda: theirs.set_image(image), repeats=repeats)
+    t_ours, t_ref = paired_median_seconds(
+        lambda: mine.set_image(image), lambda: theirs.set_image(image), repeats=repeats
+    )
     rows.append(("vit_b encoder, 1 image (set_image)", t_ours, t_ref))
     for n_prompts in (1, 64) if quick else (1, 64, 1024):
         coords = torch.rand(n_prompts, 1, 2) * 1000
         labels = torch.ones(n_prompts, 1, dtype=torch.int)
         reps = 20 if n_prompts == 1 else (1 if n_prompts > 64 else repeats)
-        t_ours = median_seconds(
-            lambda c=coords, lab=labels: decode_ours(mine, c, lab), repeats=reps
-        )
-        t_ref = median_seconds(
-            lambda c=coords, lab=labels: decode_official(theirs, c, lab), repeats=reps
+        t_ours, t_ref = paired_median_seconds(
+            lambda c=coords, lab=labels: decode_ours(mine, c, lab),
+            lambda c=coords, lab=labels: decode_official(theirs, c, lab),
+            repeats=reps,
         )
         rows.append((f"decode {n_prompts} point prompts (low-res, multimask)", t_ours, t_ref))
     point = dict(point_coords=np.array([[400.0, 300.0]]), point_labels=np.array([1]))
-    t_ours = median_seconds(lambda: mine.predict(**point), repeats=20)
-    t_ref = median_seconds(lambda: theirs.predict(**point), repeats=20)
+    t_ours, t_ref = paired_median_seconds(
+        lambda: mine.predict(**point), lambda: theirs.predict(**point), repeats=20
+    )
     rows.append(("predict 1 point, full-res masks", t_ours, t_ref))
     return rows
 

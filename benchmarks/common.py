@@ -39,3 +39,20 @@ def median_seconds(
         sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def paired_median_seconds(
+    fn_a: Callable[[], object], fn_b: Callable[[], object], *, repeats: int, warmup: int = 1
+) -> tuple[float, float]:
+    """Medians of two functions timed alternately (a, b, a, b, ...), so that a machine
+    whose speed drifts (shared cores, other tenants) affects both alike."""
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, bucket in ((fn_a, times[0]), (fn_b, times[1])):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
