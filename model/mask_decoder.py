@@ -80,19 +80,55 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks and IoU predictions for the mask tokens in `selected` (all by default)."""
         selected = selected if selected is not None else range(self.num_mask_tokens)
+        hs, image_tokens = self.attend(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        height, width = image_embeddings.shape[-2:]
+        masks = self.masks_from(hs, image_tokens, (height, width), selected)
+        return masks, self.iou_from(hs, selected)
+
+    def attend(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer: output tokens B x T x C and image tokens B x (h*w) x C."""
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
         src = image_embeddings + _collapse_broadcast(dense_prompt_embeddings)
-        height, width = src.shape[-2:]
         hs, image_tokens = self.transformer(src, image_pe, tokens)
-        features = self._upscale(image_tokens.expand(batch, -1, -1), height, width)
+        return hs, image_tokens.expand(batch, -1, -1)
+
+    def iou_from(self, hs: torch.Tensor, selected: range) -> torch.Tensor:
+        """Predicted IoUs B x M of the mask tokens in `selected`."""
+        return self.iou_prediction_head(hs[:, 0, :])[:, selected.start : selected.stop]
+
+    def masks_from(
+        self,
+        hs: torch.Tensor,
+        image_tokens: torch.Tensor,
+        size: tuple[int, int],
+        selected: range,
+        *,
+        region: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """Mask logits B x M x 4h x 4w for the tokens in `selected` (h x w: `size`, the
+        embedding grid). region: only the top-left rows x cols of the embedding grid, giving
+        B x M x 4rows x 4cols; the upscaling maps every embedding pixel to its own 4 x 4
+        block of logits, so that block is the same as in the full result."""
+        height, width = size
+        if region is not None and tuple(region) != (height, width):
+            height, width = region
+            grid = image_tokens.unflatten(1, size)[:, :height, :width]
+            image_tokens = grid.flatten(1, 2)
+        features = self._upscale(image_tokens, height, width)
         hyper_in = torch.stack(
             [self.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in selected], dim=1
         )
-        masks = _from_subpixel_order(hyper_in @ features.transpose(1, 2), height, width)
-        iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, selected.start : selected.stop]
-        return masks, iou_pred
+        return _from_subpixel_order(hyper_in @ features.transpose(1, 2), height, width)
 
     def _upscale(self, image_tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """`output_upscaling` on B x (h*w) x C image tokens, channels last.
@@ -107,7 +143,7 @@ class MaskDecoder(nn.Module):
         assert isinstance(norm, LayerNorm2d)
         x = act1(_layer_norm_last(_transposed_conv_2x2(image_tokens, first), norm))
         x = act2(_transposed_conv_2x2(x, second))
-        return x.reshape(image_tokens.shape[0], height * width * 16, -1)
+        return x.reshape(image_tokens.shape[0], height * width * 16, x.shape[-1])
 
 
 def _transposed_conv_2x2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:

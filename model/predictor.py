@@ -7,7 +7,7 @@ model-input pixels (`predict_torch`). The predictor owns inference mode and auto
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -224,19 +224,12 @@ class SamPredictor:
         multimask_output: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-res logits B x M x 256 x 256 (fp32) and IoU predictions B x M, no upsampling."""
-        if self.features is None:
-            raise RuntimeError("call set_image before predicting")
         prompts = [point_coords, point_labels, boxes, mask_input]
-        batch = max((len(p) for p in prompts if p is not None), default=1)
-        group = self.prompt_group or (batch if self.device.type == "cuda" else CPU_PROMPT_GROUP)
         outputs = []
         with self._inference():
-            for start in range(0, batch, group):
-                part = [
-                    p if p is None or len(p) < batch else p[start : start + group] for p in prompts
-                ]
+            for part in self._prompt_groups(prompts):
                 low_res, iou = self.model.decode(
-                    self.features,
+                    self._features(),
                     point_coords=part[0],
                     point_labels=part[1],
                     boxes=part[2],
@@ -247,6 +240,48 @@ class SamPredictor:
         if len(outputs) == 1:
             return outputs[0]
         return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
+
+    def decode_kept(
+        self,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        keep: Callable[[torch.Tensor], torch.Tensor],
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Only the masks that `keep` (B x M IoU predictions -> B x M bool) selects, as
+        low-res logits K x rows x cols (fp32) cut to the part that `upscale` reads, their
+        IoU predictions K and their index in the flattened B x M (see `Sam.decode_kept`)."""
+        outputs, offset = [], 0
+        per_prompt = self.model.mask_decoder.num_multimask_outputs if multimask_output else 1
+        with self._inference():
+            for part in self._prompt_groups([point_coords, point_labels]):
+                assert part[0] is not None
+                low_res, iou, index = self.model.decode_kept(
+                    self._features(),
+                    keep,
+                    point_coords=part[0],
+                    point_labels=part[1],
+                    multimask_output=multimask_output,
+                    input_size=self.input_size,
+                )
+                outputs.append((low_res.float(), iou.float(), index + offset))
+                offset += len(part[0]) * per_prompt
+        return tuple(torch.cat([o[i] for o in outputs]) for i in range(3))  # type: ignore[return-value]
+
+    def _features(self) -> torch.Tensor:
+        if self.features is None:
+            raise RuntimeError("call set_image before predicting")
+        return self.features
+
+    def _prompt_groups(
+        self, prompts: list[torch.Tensor | None]
+    ) -> Iterator[list[torch.Tensor | None]]:
+        """The prompts in groups of `prompt_group` (inputs with one row are shared)."""
+        self._features()
+        batch = max((len(p) for p in prompts if p is not None), default=1)
+        group = self.prompt_group or (batch if self.device.type == "cuda" else CPU_PROMPT_GROUP)
+        for start in range(0, batch, group):
+            yield [p if p is None or len(p) < batch else p[start : start + group] for p in prompts]
 
     def upscale(self, low_res: torch.Tensor) -> torch.Tensor:
         """B x M x 256 x 256 logits -> B x M x H x W logits in original-image pixels."""

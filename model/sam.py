@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -59,11 +61,36 @@ class Sam(nn.Module):
         original_size: tuple[int, ...],
     ) -> torch.Tensor:
         """B x M x h x w low-res logits -> B x M x H x W logits in original-image pixels:
-        upsample to the padded model input, drop the padding, resize to the original."""
-        size = (self.img_size, self.img_size)
-        masks = F.interpolate(masks, size, mode="bilinear", align_corners=False)
+        upsample to the padded model input, drop the padding, resize to the original.
+
+        Only the low-res rows and columns that reach the unpadded input are upsampled (the
+        same values as upsampling all and cropping), so `masks` may also be just that
+        top-left part (`valid_low_res_size`)."""
+        scale = self.img_size // self.prompt_encoder.mask_input_size[0]
+        rows, cols = self.valid_low_res_size(input_size)
+        if masks.shape[-2] < rows or masks.shape[-1] < cols:
+            raise ValueError(
+                f"low-res masks {tuple(masks.shape[-2:])} do not cover the input {input_size}"
+            )
+        masks = F.interpolate(
+            masks[..., :rows, :cols],
+            scale_factor=float(scale),
+            mode="bilinear",
+            align_corners=False,
+            recompute_scale_factor=False,
+        )
         masks = masks[..., : input_size[0], : input_size[1]]
         return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+
+    def valid_low_res_size(self, input_size: tuple[int, ...]) -> tuple[int, int]:
+        """Low-res rows and columns that bilinear upsampling reads for the unpadded
+        input_size (h, w) of the model input: input pixel y samples low-res rows around
+        (y + 0.5) / scale - 0.5, at most ceil(h / scale)."""
+        low_h, low_w = self.prompt_encoder.mask_input_size
+        scale = self.img_size // low_h
+        rows = min(low_h, -(-int(input_size[0]) // scale) + 1)
+        cols = min(low_w, -(-int(input_size[1]) // scale) + 1)
+        return rows, cols
 
     def decode(
         self,
@@ -81,12 +108,7 @@ class Sam(nn.Module):
         B x N, boxes B x 4 XYXY, mask_input B x 1 x 256 x 256 logits.
         Returns low-res logits B x M x 256 x 256 and IoU predictions B x M.
         """
-        points = None
-        if point_coords is not None:
-            if point_labels is None:
-                raise ValueError("point_labels must be given with point_coords")
-            points = (point_coords, point_labels)
-        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        sparse, dense = self._embed_prompts(point_coords, point_labels, boxes, mask_input)
         return self.mask_decoder(
             image_embeddings=image_embeddings,
             image_pe=self.prompt_encoder.get_dense_pe(),
@@ -94,6 +116,64 @@ class Sam(nn.Module):
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
         )
+
+    def decode_kept(
+        self,
+        image_embeddings: torch.Tensor,
+        keep: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        input_size: tuple[int, int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`decode` that upscales only the masks `keep` selects from their predicted IoUs.
+
+        keep: B x M IoU predictions -> B x M bool. The IoU head reads the transformer's
+        output tokens only, so masks that fail are never upscaled, and prompts whose masks
+        all fail skip the upscaling network. input_size: the unpadded model input (h, w);
+        when given, only the low-res rows and columns that `postprocess_masks` reads are
+        computed (the rest lies in the padding).
+        Returns low-res logits K x rows x cols, IoU predictions K and the index of each
+        kept mask in the flattened B x M.
+        """
+        sparse, dense = self._embed_prompts(point_coords, point_labels, boxes, mask_input)
+        decoder = self.mask_decoder
+        hs, image_tokens = decoder.attend(
+            image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense
+        )
+        selected = range(1, decoder.num_mask_tokens) if multimask_output else range(0, 1)
+        iou = decoder.iou_from(hs, selected)
+        kept = keep(iou)
+        prompts = kept.any(dim=1).nonzero().flatten()
+        if len(prompts) < len(kept):
+            hs, image_tokens = hs[prompts], image_tokens[prompts]
+        size = (image_embeddings.shape[-2], image_embeddings.shape[-1])
+        region = None
+        if input_size is not None:
+            rows, cols = self.valid_low_res_size(input_size)
+            factor = self.prompt_encoder.mask_input_size[0] // size[0]
+            region = (-(-rows // factor), -(-cols // factor))
+        masks = decoder.masks_from(hs, image_tokens, size, selected, region=region)
+        flat = kept[prompts].flatten()
+        index = kept.flatten().nonzero().flatten()
+        return masks.flatten(0, 1)[flat], iou.flatten()[index], index
+
+    def _embed_prompts(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        points = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError("point_labels must be given with point_coords")
+            points = (point_coords, point_labels)
+        return self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
 
     def forward(
         self,

@@ -13,11 +13,15 @@ def stability_score(logits: torch.Tensor, mask_threshold: float, offset: float) 
 
 
 def _count_above(logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Pixels above `threshold` per mask, as float. Rows are summed into int16 when they
-    fit (3x faster than widening every pixel), then the row counts into int32."""
-    row_type = torch.int16 if logits.shape[-1] < 2**15 else torch.int32
-    rows = (logits > threshold).sum(dim=-1, dtype=row_type)
-    return rows.sum(dim=-1, dtype=torch.int32).float()
+    """Pixels above `threshold` per mask, as float."""
+    return count_true(logits > threshold).float()
+
+
+def count_true(masks: torch.Tensor) -> torch.Tensor:
+    """True pixels per mask, N x H x W bool -> N int32. Rows are summed into int16 when
+    they fit (3x faster than widening every pixel), then the row counts into int32."""
+    row_type = torch.int16 if masks.shape[-1] < 2**15 else torch.int32
+    return masks.sum(dim=-1, dtype=row_type).sum(dim=-1, dtype=torch.int32)
 
 
 def keep_by_predicted_iou(iou_preds: torch.Tensor, thresh: float) -> torch.Tensor:

@@ -20,6 +20,7 @@ from model.transforms import scale_coords
 from stages.automatic.columns import MaskColumns
 from stages.automatic.config import GeneratorConfig
 from stages.automatic.filters import (
+    count_true,
     keep_by_area_fraction,
     keep_by_predicted_iou,
     keep_by_stability,
@@ -42,6 +43,13 @@ from stages.automatic.rle import coco_decode, coco_encode, masks_to_rles, rle_ar
 
 MASKS_PER_POINT = 3
 
+# Full-resolution work per chunk of candidates. On a CPU, temporaries above ~32 MB are
+# fresh pages from the OS on every allocation (glibc maps them), and their page faults
+# doubled the post-processing time (docs/benchmarks.md); a GPU's caching allocator has no
+# such cost and prefers fewer, larger chunks.
+CPU_CHUNK_BYTES = 32 << 20
+CUDA_CHUNK_BYTES = 256 << 20
+
 
 class AutomaticMaskGenerator:
     def __init__(
@@ -49,13 +57,14 @@ class AutomaticMaskGenerator:
         model: Sam | SamPredictor,
         config: GeneratorConfig | None = None,
         *,
-        chunk_bytes: int = 256 << 20,
+        chunk_bytes: int | None = None,
         overlap: bool | None = None,
         **overrides: Any,
     ) -> None:
         """model: a Sam, or a SamPredictor (e.g. one with bf16 autocast for the fast mode).
         config: GeneratorConfig (official defaults if None); overrides: its fields by name.
-        chunk_bytes: memory bound for full-resolution candidates held at once.
+        chunk_bytes: memory bound for full-resolution candidates held at once (default
+        `CUDA_CHUNK_BYTES` on a GPU, `CPU_CHUNK_BYTES` on a CPU; results do not depend on it).
         overlap: post-process each point batch on a second thread while the model decodes
         the next (default: on a GPU, where the model work is asynchronous; results are the
         same either way)."""
@@ -65,6 +74,9 @@ class AutomaticMaskGenerator:
         self._finisher = ThreadPoolExecutor(1, "sam-finish") if overlap else None
         config = config or GeneratorConfig()
         self.config = config.with_overrides(**overrides) if overrides else config
+        if chunk_bytes is None:
+            cuda = self.predictor.device.type == "cuda"
+            chunk_bytes = CUDA_CHUNK_BYTES if cuda else CPU_CHUNK_BYTES
         self.chunk_bytes = chunk_bytes
         if self.config.point_grids is not None:
             self.point_grids = [np.asarray(g, dtype=np.float64) for g in self.config.point_grids]
@@ -144,11 +156,12 @@ class AutomaticMaskGenerator:
         coords = scale_coords(points, crop_size, predictor.model.img_size)
         coords_t = torch.as_tensor(coords, device=predictor.device)[:, None, :]
         labels = torch.ones(len(points), 1, dtype=torch.int, device=predictor.device)
-        low_res, iou_preds = predictor.decode_low_res(coords_t, labels, multimask_output=True)
-        low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
-        point_rows = torch.as_tensor(np.repeat(points, MASKS_PER_POINT, axis=0))
-        keep = keep_by_predicted_iou(iou_preds, self.config.pred_iou_thresh)
-        return low_res[keep], iou_preds[keep], point_rows[keep.cpu()]
+        thresh = self.config.pred_iou_thresh
+        low_res, iou_preds, index = predictor.decode_kept(
+            coords_t, labels, lambda iou: keep_by_predicted_iou(iou, thresh)
+        )
+        point_rows = torch.as_tensor(points)[index.cpu() // MASKS_PER_POINT]
+        return low_res, iou_preds, point_rows
 
     def _finish_batch(
         self,
@@ -195,17 +208,22 @@ class AutomaticMaskGenerator:
         boxes = masks_to_boxes_xyxy(masks)
         height, width = image_size
         inner = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, width, height])
-        full = uncrop_masks(masks[inner], crop_box, height, width)
-        areas = full.sum(dim=(1, 2))
-        small = keep_by_area_fraction(areas, height * width, config.max_mask_area_frac)
-        index = keep.nonzero().flatten()[inner][small].cpu()
+        masks, boxes, index = masks[inner], boxes[inner], keep.nonzero().flatten()[inner]
+        if config.max_mask_area_frac is not None:
+            # Uncropping pads with background, so the area in the crop is the area.
+            small = keep_by_area_fraction(
+                count_true(masks), height * width, config.max_mask_area_frac
+            )
+            masks, boxes, index = masks[small], boxes[small], index[small]
+        full = uncrop_masks(masks, crop_box, height, width)
+        index = index.cpu()
         return MaskColumns(
             iou_preds=iou_preds.cpu()[index],
             stability_score=stability.cpu()[index],
             points=points[index],
-            boxes=boxes[inner][small].cpu(),
+            boxes=boxes.cpu(),
             crop_boxes=torch.tensor([crop_box], dtype=torch.long).expand(len(index), 4),
-            rles=masks_to_rles(full[small]),
+            rles=masks_to_rles(full),
         )
 
 

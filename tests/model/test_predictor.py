@@ -198,3 +198,65 @@ def test_inference_attention_equals_the_training_path(query_shape, key_shape):
         folded = attention(q, k, v)
     plain = attention(q, k, v).detach()
     assert torch.allclose(folded, plain, atol=1e-4), (folded - plain).abs().max()
+
+
+@pytest.mark.parametrize(
+    ("input_size", "original_size"),
+    [
+        ((683, 1024), (534, 800)),
+        ((1024, 683), (1500, 1000)),
+        ((1024, 1024), (640, 640)),
+        ((1024, 37), (1200, 43)),
+        ((21, 1024), (20, 977)),
+        ((1024, 1021), (1024, 1021)),
+    ],
+)
+def test_postprocess_reads_only_the_unpadded_part(input_size, original_size):
+    """Upsampling the whole 256 x 256 and cropping (the plain reading) gives the same
+    values, bit for bit, as upsampling the rows and columns that reach the input."""
+    sam = build_sam("vit_tiny")
+    low = torch.randn(2, 3, 256, 256) * 5
+    plain = torch.nn.functional.interpolate(low, (1024, 1024), mode="bilinear")
+    plain = plain[..., : input_size[0], : input_size[1]]
+    plain = torch.nn.functional.interpolate(plain, original_size, mode="bilinear")
+    assert torch.equal(sam.postprocess_masks(low, input_size, original_size), plain)
+    rows, cols = sam.valid_low_res_size(input_size)
+    assert rows < 256 or input_size[0] > 1020
+    cut = sam.postprocess_masks(low[..., :rows, :cols].clone(), input_size, original_size)
+    assert torch.equal(cut, plain)
+    with pytest.raises(ValueError, match="do not cover"):
+        sam.postprocess_masks(low[..., : rows - 1, :cols], input_size, original_size)
+
+
+def test_decode_kept_equals_decode_then_filter(predictor):
+    """The kept masks, their IoUs and their indices equal a full decode filtered after,
+    restricted to the low-res part that reaches the unpadded 120 x 200 image."""
+    sharp = SamPredictor(predictor.model)
+    sharp.set_image(np.random.default_rng(1).integers(0, 255, (120, 200, 3), dtype=np.uint8))
+    coords = torch.rand(7, 1, 2) * torch.tensor([1024.0, 614.0])
+    labels = torch.ones(7, 1, dtype=torch.int)
+    low, iou = sharp.decode_low_res(coords, labels)
+    pattern = torch.tensor(
+        [[1, 0, 0], [0, 0, 0], [1, 1, 1], [0, 1, 0], [0, 0, 0], [0, 0, 1], [1, 1, 0]]
+    )
+    chosen, median = iou[pattern.bool()], iou.median()
+    for keep in (
+        # prompts 1 and 4 lose every mask, the others keep 1 to 3 (keep sees the IoUs of
+        # a group of prompts at a time, so the pattern is told by its values)
+        lambda x: (x[..., None] - chosen).abs().amin(dim=-1) < 1e-6,
+        lambda x: x > median,
+        lambda x: torch.ones_like(x, dtype=torch.bool),
+        lambda x: torch.zeros_like(x, dtype=torch.bool),
+    ):
+        expected = keep(iou).flatten()
+        kept_low, kept_iou, index = sharp.decode_kept(coords, labels, keep)
+        assert torch.equal(index, expected.nonzero().flatten())
+        assert torch.allclose(kept_iou, iou.flatten()[expected], atol=1e-6)
+        rows, cols = sharp.model.valid_low_res_size(sharp.input_size)
+        assert kept_low.shape[1:] == (-(-rows // 4) * 4, -(-cols // 4) * 4)
+        assert kept_low.shape[1] < 256
+        full = low.flatten(0, 1)[expected][:, : kept_low.shape[1], : kept_low.shape[2]]
+        assert torch.allclose(kept_low, full, atol=1e-4)
+        assert torch.allclose(
+            sharp.upscale(kept_low[:, None]), sharp.upscale(full[:, None]), atol=1e-4
+        )
