@@ -42,16 +42,65 @@ def decomposed_rel_pos_bias(
     q: B x heads x (H*W) x C. Returns B x heads x (H*W) x (H*W): bias[i, j] =
     q_i . Rh[row_i - row_j] + q_i . Rw[col_i - col_j].
     """
+    bias_h, bias_w = rel_pos_terms(q, rel_pos_h, rel_pos_w, size)
+    bias = bias_h.unsqueeze(-1) + bias_w.unsqueeze(-2)
+    return bias.flatten(4).flatten(2, 3)
+
+
+def rel_pos_terms(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two factors of the bias: B x heads x H x W x H (rows) and x W (columns)."""
     height, width = size
     grid_q = q.unflatten(2, (height, width))
     table_h = gather_rel_pos(height, height, rel_pos_h).to(q.dtype)
     table_w = gather_rel_pos(width, width, rel_pos_w).to(q.dtype)
-    # einsum hands back permuted views; the broadcast add below writes H*W x H*W values per
-    # head and runs ~2x faster reading contiguous rows (and its result is then contiguous).
+    # einsum hands back permuted views; the broadcast add that builds the bias writes
+    # H*W x H*W values per head and runs ~2x faster reading contiguous rows.
     bias_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h).contiguous()
     bias_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, table_w).contiguous()
-    bias = bias_h.unsqueeze(-1) + bias_w.unsqueeze(-2)
-    return bias.flatten(4).flatten(2, 3)
+    return bias_h, bias_w
+
+
+# On a CPU, global attention builds its bias a few grid rows of queries at a time in one
+# reused buffer of at most this size: the whole bias of a vit_b global block is 805 MB of
+# fresh pages, and writing it cost more than the attention itself (docs/benchmarks.md).
+CPU_BIAS_CHUNK_BYTES = 16 << 20
+
+
+def attention_with_rel_pos(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """SDPA with the decomposed relative-position bias; q, k, v: B x heads x (H*W) x C."""
+    batch, heads, tokens, _ = q.shape
+    height, width = size
+    row_bytes = batch * heads * width * tokens * q.element_size()
+    whole = row_bytes * height <= CPU_BIAS_CHUNK_BYTES
+    if whole or q.device.type != "cpu" or torch.is_grad_enabled():
+        bias = decomposed_rel_pos_bias(q, rel_pos_h, rel_pos_w, size)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    bias_h, bias_w = rel_pos_terms(q, rel_pos_h, rel_pos_w, size)
+    rows = max(1, CPU_BIAS_CHUNK_BYTES // row_bytes)
+    buffer = q.new_empty(batch, heads, rows, width, height, width)
+    out = torch.empty_like(q)
+    for start in range(0, height, rows):
+        stop = min(start + rows, height)
+        chunk = buffer[:, :, : stop - start]
+        torch.add(
+            bias_h[:, :, start:stop, :, :, None],
+            bias_w[:, :, start:stop, :, None, :],
+            out=chunk,
+        )
+        queries = slice(start * width, stop * width)
+        out[:, :, queries] = F.scaled_dot_product_attention(
+            q[:, :, queries], k, v, attn_mask=chunk.flatten(4).flatten(2, 3)
+        )
+    return out
 
 
 class Attention(nn.Module):
@@ -82,10 +131,11 @@ class Attention(nn.Module):
         batch, height, width, dim = x.shape
         qkv = self.qkv(x).view(batch, height * width, 3, self.num_heads, -1)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        bias = None
         if self.use_rel_pos:
-            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (height, width))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            size = (height, width)
+            out = attention_with_rel_pos(q, k, v, self.rel_pos_h, self.rel_pos_w, size)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, height, width, dim))
 
 

@@ -35,16 +35,26 @@ class Attention(nn.Module):
         """B x N x C -> B x heads x N x C/heads."""
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q: Bq x Nq x C; k, v: Bk x Nk x C, with Bq == Bk or one of them 1."""
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """q: Bq x Nq x C; k, v: Bk x Nk x C, with Bq == Bk or one of them 1.
+        residual: added to the output (fused into the last product where it can be)."""
         if not torch.is_grad_enabled():
             # Inference between a few prompt tokens and thousands of image tokens: project
             # the few instead of the many when that is cheaper (same result up to rounding).
             few = self.num_heads * min(q.shape[1], k.shape[1])
             if few < self.internal_dim and q.shape[1] < k.shape[1] and q.shape[0] == k.shape[0]:
-                return self._few_queries(q, k, v)
+                return _plus(self._few_queries(q, k, v), residual)
             if few < self.internal_dim and q.shape[1] > k.shape[1]:
-                return self._few_keys(q, k, v)
+                return self._few_keys(q, k, v, residual)
+        return _plus(self._plain(q, k, v), residual)
+
+    def _plain(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q_h = self._heads(self.q_proj(q))
         k_h = self._heads(self.k_proj(k))
         v_h = self._heads(self.v_proj(v))
@@ -71,10 +81,14 @@ class Attention(nn.Module):
         out = torch.einsum("bhnc,hdc->bnhd", mixed, w_v) + self.v_proj.bias.view(heads, -1)
         return self.out_proj(out.flatten(2))
 
-    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _few_keys(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None
+    ) -> torch.Tensor:
         """Nk << Nq (image tokens asking the prompt tokens), q possibly shared by all key
         sets. Per head: scores = q (W_q,h^T K_h^T) + b_q,h K_h^T, and the output
-        projection applied to V_h first: out = sum_h P_h (V_h W_o,h^T) + b_o."""
+        projection applied to V_h first: out = sum_h P_h (V_h W_o,h^T) + b_o, where b_o
+        rides on the values as b_o / heads (each head's probabilities sum to 1) and the
+        residual is the product's starting value."""
         heads, n_k, batch = self.num_heads, k.shape[1], k.shape[0]
         head_dim = self.internal_dim // heads
         scale = head_dim**-0.5
@@ -91,8 +105,15 @@ class Attention(nn.Module):
         scores = scores + key_bias.flatten(1)[:, None, :]
         probs = _softmax_short_rows(scores.unflatten(-1, (heads, n_k))).flatten(2)
         w_o = self.out_proj.weight.unflatten(1, (heads, head_dim))  # C x H x d
-        values_out = torch.einsum("bkhd,chd->bhkc", v_h, w_o).flatten(1, 2)  # B x HNk x C
-        return probs @ values_out + self.out_proj.bias
+        values_out = torch.einsum("bkhd,chd->bhkc", v_h, w_o)  # B x H x Nk x C
+        values_out = (values_out + self.out_proj.bias / heads).flatten(1, 2)
+        if residual is None:
+            return probs @ values_out
+        return torch.baddbmm(residual.expand(len(probs), -1, -1), probs, values_out)
+
+
+def _plus(x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    return x if residual is None else residual + x
 
 
 def _softmax_short_rows(x: torch.Tensor) -> torch.Tensor:
@@ -166,7 +187,9 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(q=keys_with_pe, k=q, v=queries))
+        keys = self.norm4(
+            self.cross_attn_image_to_token(q=keys_with_pe, k=q, v=queries, residual=keys)
+        )
         return queries, keys
 
 

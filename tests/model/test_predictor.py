@@ -194,10 +194,15 @@ def test_inference_attention_equals_the_training_path(query_shape, key_shape):
     for parameter in attention.parameters():
         torch.nn.init.normal_(parameter, std=0.1)
     q, k, v = torch.randn(query_shape), torch.randn(key_shape), torch.randn(key_shape)
+    residual = torch.randn(query_shape)
     with torch.no_grad():
         folded = attention(q, k, v)
+        folded_residual = attention(q, k, v, residual=residual)
     plain = attention(q, k, v).detach()
     assert torch.allclose(folded, plain, atol=1e-4), (folded - plain).abs().max()
+    expected = plain + residual
+    assert torch.allclose(folded_residual, expected, atol=1e-4)
+    assert torch.equal(attention(q, k, v, residual=residual).detach(), expected)
 
 
 @pytest.mark.parametrize(
@@ -260,3 +265,22 @@ def test_decode_kept_equals_decode_then_filter(predictor):
         assert torch.allclose(
             sharp.upscale(kept_low[:, None]), sharp.upscale(full[:, None]), atol=1e-4
         )
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 8 * 11 * 13 * 11 * 4])
+def test_rel_pos_attention_in_row_chunks_equals_whole(monkeypatch, chunk_bytes):
+    """On a CPU without gradients the encoder builds the relative-position bias a few grid
+    rows of queries at a time (1 row, then 3 rows with a shorter last chunk)."""
+    from model import image_encoder
+
+    torch.manual_seed(0)
+    size = (13, 11)
+    q, k, v = (torch.randn(2, 4, 13 * 11, 8) for _ in range(3))
+    rel_h, rel_w = torch.randn(25, 8), torch.randn(21, 8)
+    whole = image_encoder.attention_with_rel_pos(q, k, v, rel_h, rel_w, size).detach()
+    bias = image_encoder.decomposed_rel_pos_bias(q, rel_h, rel_w, size)
+    assert torch.allclose(whole, torch.nn.functional.scaled_dot_product_attention(q, k, v, bias))
+    monkeypatch.setattr(image_encoder, "CPU_BIAS_CHUNK_BYTES", chunk_bytes)
+    with torch.no_grad():
+        chunked = image_encoder.attention_with_rel_pos(q, k, v, rel_h, rel_w, size)
+    assert torch.allclose(chunked, whole, atol=1e-5), (chunked - whole).abs().max()
