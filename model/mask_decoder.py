@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from model.common import MLP, LayerNorm2d
-from model.transformer import TwoWayTransformer
+from model.transformer import SharedImage, TwoWayTransformer
 
 
 class MaskDecoder(nn.Module):
@@ -49,7 +49,7 @@ class MaskDecoder(nn.Module):
 
     def forward(
         self,
-        image_embeddings: torch.Tensor,
+        image_embeddings: torch.Tensor | SharedImage,
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
@@ -58,7 +58,8 @@ class MaskDecoder(nn.Module):
         """Low-res mask logits B x M x 4h x 4w and IoU predictions B x M.
 
         M is `num_multimask_outputs` when `multimask_output`, else 1 (the single-mask
-        token). image_embeddings: 1 or B x C x h x w; dense: 1 or B x C x h x w.
+        token). image_embeddings: 1 or B x C x h x w, or its `share_image` (then dense must
+        be the no-mask embedding it was made with); dense: 1 or B x C x h x w.
         """
         selected = range(1, self.num_mask_tokens) if multimask_output else range(0, 1)
         return self.predict_masks(
@@ -71,7 +72,7 @@ class MaskDecoder(nn.Module):
 
     def predict_masks(
         self,
-        image_embeddings: torch.Tensor,
+        image_embeddings: torch.Tensor | SharedImage,
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
@@ -83,13 +84,19 @@ class MaskDecoder(nn.Module):
         hs, image_tokens = self.attend(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
-        height, width = image_embeddings.shape[-2:]
-        masks = self.masks_from(hs, image_tokens, (height, width), selected)
+        masks = self.masks_from(hs, image_tokens, _grid_size(image_embeddings), selected)
         return masks, self.iou_from(hs, selected)
+
+    def share_image(
+        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor
+    ) -> SharedImage:
+        """Per-image work of the first layer for 1 x C x h x w embeddings and the no-mask
+        dense embedding; pass the result as `image_embeddings` to decode many prompts."""
+        return self.transformer.share_image(image_embeddings + dense[:1], image_pe)
 
     def attend(
         self,
-        image_embeddings: torch.Tensor,
+        image_embeddings: torch.Tensor | SharedImage,
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
@@ -98,7 +105,10 @@ class MaskDecoder(nn.Module):
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
-        src = image_embeddings + _collapse_broadcast(dense_prompt_embeddings)
+        if isinstance(image_embeddings, SharedImage):
+            src: torch.Tensor | SharedImage = image_embeddings
+        else:
+            src = image_embeddings + _collapse_broadcast(dense_prompt_embeddings)
         hs, image_tokens = self.transformer(src, image_pe, tokens)
         return hs, image_tokens.expand(batch, -1, -1)
 
@@ -141,8 +151,8 @@ class MaskDecoder(nn.Module):
         first, norm, act1, second, act2 = self.output_upscaling
         assert isinstance(first, nn.ConvTranspose2d) and isinstance(second, nn.ConvTranspose2d)
         assert isinstance(norm, LayerNorm2d)
-        x = act1(_layer_norm_last(_transposed_conv_2x2(image_tokens, first), norm))
-        x = act2(_transposed_conv_2x2(x, second))
+        x = _gelu(_layer_norm_last(_transposed_conv_2x2(image_tokens, first), norm), act1)
+        x = _gelu(_transposed_conv_2x2(x, second), act2)
         return x.reshape(image_tokens.shape[0], height * width * 16, x.shape[-1])
 
 
@@ -153,6 +163,14 @@ def _transposed_conv_2x2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Ten
     weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * c_out, c_in)
     bias = None if conv.bias is None else conv.bias.repeat(4)
     return F.linear(x, weight, bias).unflatten(-1, (2, 2, c_out))
+
+
+def _gelu(x: torch.Tensor, act: nn.Module) -> torch.Tensor:
+    """`act` (a GELU) on a fresh intermediate; in place when no gradients are recorded
+    (writing a new tensor of this size costs more than the GELU on a CPU)."""
+    if torch.is_grad_enabled() or not isinstance(act, nn.GELU):
+        return act(x)
+    return torch.ops.aten.gelu_(x, approximate=act.approximate)
 
 
 def _layer_norm_last(x: torch.Tensor, norm: LayerNorm2d) -> torch.Tensor:
@@ -166,6 +184,12 @@ def _from_subpixel_order(masks: torch.Tensor, height: int, width: int) -> torch.
     blocks = masks.unflatten(-1, (height, width, 2, 2, 2, 2))
     rows_first = blocks.permute(0, 1, 2, 4, 6, 3, 5, 7)
     return rows_first.reshape(*masks.shape[:2], 4 * height, 4 * width)
+
+
+def _grid_size(image_embeddings: torch.Tensor | SharedImage) -> tuple[int, int]:
+    if isinstance(image_embeddings, SharedImage):
+        return image_embeddings.size
+    return (image_embeddings.shape[-2], image_embeddings.shape[-1])
 
 
 def _collapse_broadcast(dense: torch.Tensor) -> torch.Tensor:

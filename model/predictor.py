@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from model.sam import Sam
+from model.transformer import SharedImage
 from model.transforms import resize_image, scale_boxes, scale_coords
 
 
@@ -96,6 +97,7 @@ class SamPredictor:
 
     def reset_image(self) -> None:
         self.features: torch.Tensor | None = None
+        self._shared: SharedImage | None = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self.is_image_set = False
@@ -235,6 +237,7 @@ class SamPredictor:
                     boxes=part[2],
                     mask_input=part[3],
                     multimask_output=multimask_output,
+                    shared=self._shared_image() if part[3] is None else None,
                 )
                 outputs.append((low_res.float(), iou.float()))
         if len(outputs) == 1:
@@ -263,10 +266,17 @@ class SamPredictor:
                     point_labels=part[1],
                     multimask_output=multimask_output,
                     input_size=self.input_size,
+                    shared=self._shared_image(),
                 )
                 outputs.append((low_res.float(), iou.float(), index + offset))
                 offset += len(part[0]) * per_prompt
         return tuple(torch.cat([o[i] for o in outputs]) for i in range(3))  # type: ignore[return-value]
+
+    def _shared_image(self) -> SharedImage:
+        """The decoder's per-image work, done on the first prompt of each image."""
+        if self._shared is None:
+            self._shared = self.model.share_image(self._features())
+        return self._shared
 
     def _features(self) -> torch.Tensor:
         if self.features is None:

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from model.image_encoder import ImageEncoderViT
 from model.mask_decoder import MaskDecoder
 from model.prompt_encoder import PromptEncoder
+from model.transformer import SharedImage
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -92,6 +93,13 @@ class Sam(nn.Module):
         cols = min(low_w, -(-int(input_size[1]) // scale) + 1)
         return rows, cols
 
+    def share_image(self, image_embeddings: torch.Tensor) -> SharedImage:
+        """The decoder's per-image work for one 1 x C x h x w embedding, for `decode` and
+        `decode_kept` calls without a mask prompt (`shared=`)."""
+        _, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
+        pe = self.prompt_encoder.get_dense_pe()
+        return self.mask_decoder.share_image(image_embeddings, pe, dense)
+
     def decode(
         self,
         image_embeddings: torch.Tensor,
@@ -101,16 +109,18 @@ class Sam(nn.Module):
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
+        shared: SharedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode B prompt sets against 1 (shared) or B image embeddings.
 
         Coordinates are XY in model-input pixels: point_coords B x N x 2, point_labels
-        B x N, boxes B x 4 XYXY, mask_input B x 1 x 256 x 256 logits.
+        B x N, boxes B x 4 XYXY, mask_input B x 1 x 256 x 256 logits. shared: the
+        `share_image` of a single image embedding, used when there is no mask_input.
         Returns low-res logits B x M x 256 x 256 and IoU predictions B x M.
         """
         sparse, dense = self._embed_prompts(point_coords, point_labels, boxes, mask_input)
         return self.mask_decoder(
-            image_embeddings=image_embeddings,
+            image_embeddings=_image_side(image_embeddings, shared, mask_input),
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
@@ -128,6 +138,7 @@ class Sam(nn.Module):
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
         input_size: tuple[int, int] | None = None,
+        shared: SharedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`decode` that upscales only the masks `keep` selects from their predicted IoUs.
 
@@ -135,14 +146,15 @@ class Sam(nn.Module):
         output tokens only, so masks that fail are never upscaled, and prompts whose masks
         all fail skip the upscaling network. input_size: the unpadded model input (h, w);
         when given, only the low-res rows and columns that `postprocess_masks` reads are
-        computed (the rest lies in the padding).
+        computed (the rest lies in the padding). shared: as in `decode`.
         Returns low-res logits K x rows x cols, IoU predictions K and the index of each
         kept mask in the flattened B x M.
         """
         sparse, dense = self._embed_prompts(point_coords, point_labels, boxes, mask_input)
         decoder = self.mask_decoder
+        image_side = _image_side(image_embeddings, shared, mask_input)
         hs, image_tokens = decoder.attend(
-            image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense
+            image_side, self.prompt_encoder.get_dense_pe(), sparse, dense
         )
         selected = range(1, decoder.num_mask_tokens) if multimask_output else range(0, 1)
         iou = decoder.iou_from(hs, selected)
@@ -194,3 +206,14 @@ class Sam(nn.Module):
             mask_input=mask_input,
             multimask_output=multimask_output,
         )
+
+
+def _image_side(
+    image_embeddings: torch.Tensor, shared: SharedImage | None, mask_input: torch.Tensor | None
+) -> torch.Tensor | SharedImage:
+    """The shared per-image work where it applies (it assumes the no-mask dense embedding)."""
+    if shared is None or mask_input is not None:
+        return image_embeddings
+    if image_embeddings.shape[0] != 1 or shared.size != tuple(image_embeddings.shape[-2:]):
+        raise ValueError("shared= belongs to a single image embedding of the same size")
+    return shared

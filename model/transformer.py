@@ -9,11 +9,25 @@ results equal those of an explicitly repeated batch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from model.common import MLPBlock
+
+
+@dataclass(frozen=True)
+class SharedImage:
+    """The first layer's image-side inputs, the same for every prompt of one image without
+    a mask prompt: computed once per image (`TwoWayTransformer.share_image`) instead of
+    once per decoder call."""
+
+    size: tuple[int, int]  # the embedding grid, h x w
+    keys: torch.Tensor  # 1 x (h*w) x C, token-major
+    keys_with_pe: torch.Tensor
+    projected: tuple[torch.Tensor, torch.Tensor]  # first token->image attention's k, v heads
 
 
 class Attention(nn.Module):
@@ -41,9 +55,13 @@ class Attention(nn.Module):
         k: torch.Tensor,
         v: torch.Tensor,
         residual: torch.Tensor | None = None,
+        projected: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """q: Bq x Nq x C; k, v: Bk x Nk x C, with Bq == Bk or one of them 1.
-        residual: added to the output (fused into the last product where it can be)."""
+        residual: added to the output (fused into the last product where it can be).
+        projected: k and v already projected and split into heads (`_heads`)."""
+        if projected is not None:
+            return _plus(self._plain(q, k, v, projected), residual)
         if not torch.is_grad_enabled():
             # Inference between a few prompt tokens and thousands of image tokens: project
             # the few instead of the many when that is cheaper (same result up to rounding).
@@ -54,10 +72,17 @@ class Attention(nn.Module):
                 return self._few_keys(q, k, v, residual)
         return _plus(self._plain(q, k, v), residual)
 
-    def _plain(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _plain(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        projected: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         q_h = self._heads(self.q_proj(q))
-        k_h = self._heads(self.k_proj(k))
-        v_h = self._heads(self.v_proj(v))
+        if projected is None:
+            projected = self.project_keys(k, v)
+        k_h, v_h = projected
         if q_h.shape[0] == k_h.shape[0]:
             out = F.scaled_dot_product_attention(q_h, k_h, v_h)
         elif k_h.shape[0] == 1:
@@ -65,6 +90,9 @@ class Attention(nn.Module):
         else:
             out = _attend_shared_queries(q_h, k_h, v_h)
         return self.out_proj(out.transpose(1, 2).flatten(2))
+
+    def project_keys(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
 
     def _few_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Nq << Nk, one key set per query set. Per head h, with Q_h the projected queries:
@@ -173,7 +201,9 @@ class TwoWayAttentionBlock(nn.Module):
         keys: torch.Tensor,
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
+        shared: SharedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """shared: this image's precomputed inputs (first layer only; `keys` is shared.keys)."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -181,9 +211,12 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q=q, k=q, v=queries)
         queries = self.norm1(queries)
 
-        keys_with_pe = keys + key_pe
+        keys_with_pe = keys + key_pe if shared is None else shared.keys_with_pe
         q = queries + query_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=keys_with_pe, v=keys))
+        attended = self.cross_attn_token_to_image(
+            q=q, k=keys_with_pe, v=keys, projected=None if shared is None else shared.projected
+        )
+        queries = self.norm2(queries + attended)
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
@@ -223,20 +256,38 @@ class TwoWayTransformer(nn.Module):
         )
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
+    def share_image(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> SharedImage:
+        """The first layer's image-side work for a 1 x C x h x w image embedding."""
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        keys_with_pe = keys + image_pe.flatten(2).transpose(1, 2)
+        first = self.layers[0]
+        assert isinstance(first, TwoWayAttentionBlock)
+        attention = first.cross_attn_token_to_image
+        projected = attention.project_keys(keys_with_pe, keys)
+        size = (image_embedding.shape[-2], image_embedding.shape[-1])
+        return SharedImage(size, keys, keys_with_pe, projected)
+
     def forward(
         self,
-        image_embedding: torch.Tensor,
+        image_embedding: torch.Tensor | SharedImage,
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_embedding: Bi x C x h x w (Bi = B or 1, shared by all prompts);
-        image_pe: 1 x C x h x w; point_embedding: B x N x C.
+        """image_embedding: Bi x C x h x w (Bi = B or 1, shared by all prompts), or the
+        `share_image` of one; image_pe: 1 x C x h x w; point_embedding: B x N x C.
         Returns tokens B x N x C and image tokens B x (h*w) x C."""
-        # Token-major once here, so that every later add and projection reads contiguous rows.
-        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
         key_pe = image_pe.flatten(2).transpose(1, 2)
+        shared = image_embedding if isinstance(image_embedding, SharedImage) else None
+        if shared is not None:
+            keys = shared.keys
+        else:
+            assert isinstance(image_embedding, torch.Tensor)
+            # Token-major once here, so that every later add and projection reads
+            # contiguous rows.
+            keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
         queries = point_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe)
+        for index, layer in enumerate(self.layers):
+            layer_shared = shared if index == 0 else None
+            queries, keys = layer(queries, keys, point_embedding, key_pe, layer_shared)
         attn = self.final_attn_token_to_image(q=queries + point_embedding, k=keys + key_pe, v=keys)
         return self.norm_final_attn(queries + attn), keys

@@ -284,3 +284,24 @@ def test_rel_pos_attention_in_row_chunks_equals_whole(monkeypatch, chunk_bytes):
     with torch.no_grad():
         chunked = image_encoder.attention_with_rel_pos(q, k, v, rel_h, rel_w, size)
     assert torch.allclose(chunked, whole, atol=1e-5), (chunked - whole).abs().max()
+
+
+def test_shared_image_work_gives_the_same_decode():
+    """The first layer's per-image work done once (`share_image`) equals doing it in every
+    call; with a mask prompt the shared work does not apply and is not used."""
+    torch.manual_seed(0)
+    sam = build_sam("vit_tiny").eval()
+    features = torch.randn(1, 256, 64, 64)
+    prompts = dict(
+        point_coords=torch.rand(3, 2, 2) * 1024,
+        point_labels=torch.tensor([[1, 0]] * 3, dtype=torch.int),
+    )
+    with torch.no_grad():
+        shared = sam.share_image(features)
+        for extra in ({}, {"mask_input": torch.randn(3, 1, 256, 256)}):
+            plain = sam.decode(features, **prompts, **extra)
+            reused = sam.decode(features, **prompts, **extra, shared=shared)
+            for a, b in zip(plain, reused, strict=True):
+                assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+        with pytest.raises(ValueError, match="single image embedding"):
+            sam.decode(features.expand(3, -1, -1, -1), **prompts, shared=shared)
