@@ -34,7 +34,19 @@ class MLPBlock(nn.Module):
         self.act = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(self.act(self.lin1(x)))
+        return self.lin2(activate(self.lin1(x), self.act))
+
+
+def activate(x: torch.Tensor, act: nn.Module) -> torch.Tensor:
+    """`act` on a freshly computed tensor, in place when no gradients are recorded: on a
+    CPU, writing a new tensor of a layer's size costs more than a GELU (page faults)."""
+    if torch.is_grad_enabled():
+        return act(x)
+    if isinstance(act, nn.GELU):
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    if isinstance(act, nn.ReLU):
+        return x.relu_()
+    return act(x)
 
 
 class MLP(nn.Module):

@@ -199,8 +199,12 @@ class Block(nn.Module):
             y = merge_windows(self.attn(tiles), self.window_size, padded, size)
         else:
             y = self.attn(y)
-        x = x + y
-        return x + self.mlp(self.norm2(x))
+        if torch.is_grad_enabled():
+            x = x + y
+            return x + self.mlp(self.norm2(x))
+        # Inference: the residual sums go into the fresh outputs instead of new tensors.
+        x = y.add_(x)
+        return self.mlp(self.norm2(x)).add_(x)
 
 
 class PatchEmbed(nn.Module):

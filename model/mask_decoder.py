@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from model.common import MLP, LayerNorm2d
+from model.common import MLP, LayerNorm2d, activate
 from model.transformer import SharedImage, TwoWayTransformer
 
 
@@ -151,8 +151,8 @@ class MaskDecoder(nn.Module):
         first, norm, act1, second, act2 = self.output_upscaling
         assert isinstance(first, nn.ConvTranspose2d) and isinstance(second, nn.ConvTranspose2d)
         assert isinstance(norm, LayerNorm2d)
-        x = _gelu(_layer_norm_last(_transposed_conv_2x2(image_tokens, first), norm), act1)
-        x = _gelu(_transposed_conv_2x2(x, second), act2)
+        x = activate(_layer_norm_last(_transposed_conv_2x2(image_tokens, first), norm), act1)
+        x = activate(_transposed_conv_2x2(x, second), act2)
         return x.reshape(image_tokens.shape[0], height * width * 16, x.shape[-1])
 
 
@@ -163,14 +163,6 @@ def _transposed_conv_2x2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Ten
     weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * c_out, c_in)
     bias = None if conv.bias is None else conv.bias.repeat(4)
     return F.linear(x, weight, bias).unflatten(-1, (2, 2, c_out))
-
-
-def _gelu(x: torch.Tensor, act: nn.Module) -> torch.Tensor:
-    """`act` (a GELU) on a fresh intermediate; in place when no gradients are recorded
-    (writing a new tensor of this size costs more than the GELU on a CPU)."""
-    if torch.is_grad_enabled() or not isinstance(act, nn.GELU):
-        return act(x)
-    return torch.ops.aten.gelu_(x, approximate=act.approximate)
 
 
 def _layer_norm_last(x: torch.Tensor, norm: LayerNorm2d) -> torch.Tensor:
