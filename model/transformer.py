@@ -137,6 +137,9 @@ class Attention(nn.Module):
         values_out = (values_out + self.out_proj.bias / heads).flatten(1, 2)
         if residual is None:
             return probs @ values_out
+        if torch.is_autocast_enabled(residual.device.type):
+            # baddbmm would round the residual stream to the autocast dtype.
+            return residual + probs @ values_out
         return torch.baddbmm(residual.expand(len(probs), -1, -1), probs, values_out)
 
 

@@ -305,3 +305,19 @@ def test_shared_image_work_gives_the_same_decode():
                 assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
         with pytest.raises(ValueError, match="single image embedding"):
             sam.decode(features.expand(3, -1, -1, -1), **prompts, shared=shared)
+
+
+def test_residual_stays_full_precision_under_bf16_autocast():
+    """The fast mode computes attention in bf16, but the residual stream it is added to
+    must not be rounded to bf16 (8 bits of mantissa: 1000.3 would come back as 1000)."""
+    from model.transformer import Attention
+
+    torch.manual_seed(0)
+    attention = Attention(256, 8, downsample_rate=2)
+    q, k = torch.randn(2, 4096, 256), torch.randn(2, 7, 256)
+    residual = 1000.0 + torch.rand(2, 4096, 256)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = attention(q, k, k, residual=residual)
+        alone = attention(q, k, k)
+    assert fast.dtype == torch.float32
+    assert torch.allclose(fast - residual, alone.float(), atol=0.05)
