@@ -203,8 +203,16 @@ class Block(nn.Module):
             x = x + y
             return x + self.mlp(self.norm2(x))
         # Inference: the residual sums go into the fresh outputs instead of new tensors.
-        x = y.add_(x)
-        return self.mlp(self.norm2(x)).add_(x)
+        x = _add_into(y, x)
+        return _add_into(self.mlp(self.norm2(x)), x)
+
+
+def _add_into(fresh: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """fresh + residual, written into `fresh` when that keeps the sum's dtype (under
+    autocast `fresh` is bf16 and the residual stream must stay fp32)."""
+    if torch.result_type(fresh, residual) != fresh.dtype:
+        return residual + fresh
+    return fresh.add_(residual)
 
 
 class PatchEmbed(nn.Module):

@@ -321,3 +321,20 @@ def test_residual_stays_full_precision_under_bf16_autocast():
         alone = attention(q, k, k)
     assert fast.dtype == torch.float32
     assert torch.allclose(fast - residual, alone.float(), atol=0.05)
+
+
+def test_encoder_residual_stream_stays_fp32_under_bf16_autocast():
+    """The encoder's residual sums are done in place at inference; under autocast they
+    must still be fp32 (as `x + y` promotes), not written into the bf16 block outputs."""
+    from model.image_encoder import Block
+
+    torch.manual_seed(0)
+    block = Block(64, num_heads=2, window_size=0, input_size=(8, 8))
+    x = 1000.0 + torch.rand(1, 8, 8, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            fast = block(x)
+        plain = block(x).detach()  # gradients recorded: the out-of-place sums
+    assert fast.dtype == torch.float32
+    # bf16 rounding of values near 1000 would be off by up to 2-4
+    assert torch.allclose(fast, plain, atol=0.02), (fast - plain).abs().max()
