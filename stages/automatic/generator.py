@@ -1,9 +1,11 @@
 """The automatic mask generator (stage 3): generate -> per crop -> per point batch.
 
 Differences from a plain reading of the algorithm, all exact: the predicted-IoU filter runs
-on low-resolution logits before any upsampling; only survivors are upsampled, in chunks
-whose memory is bounded (so very large images never hold all candidates at full
-resolution); stability, boxes and RLE are computed for a whole chunk at once.
+on the decoder's IoU head before any upscaling, so points whose masks all fail skip the
+decoder's upscaling network, and only the low-res part that reaches the unpadded image is
+computed and upsampled (`SamPredictor.decode_kept`); survivors are upsampled in chunks whose
+memory is bounded (so very large images never hold all candidates at full resolution);
+stability, boxes and RLE are computed for a whole chunk at once.
 """
 
 from __future__ import annotations
