@@ -143,10 +143,11 @@ class Sam(nn.Module):
         """`decode` that upscales only the masks `keep` selects from their predicted IoUs.
 
         keep: B x M IoU predictions -> B x M bool. The IoU head reads the transformer's
-        output tokens only, so masks that fail are never upscaled, and prompts whose masks
-        all fail skip the upscaling network. input_size: the unpadded model input (h, w);
-        when given, only the low-res rows and columns that `postprocess_masks` reads are
-        computed (the rest lies in the padding). shared: as in `decode`.
+        output tokens only, so prompts whose masks all fail skip the upscaling network
+        (the other prompts' masks share it, and only the kept ones are returned).
+        input_size: the unpadded model input (h, w); when given, only the low-res rows and
+        columns that `postprocess_masks` reads are computed (the rest lies in the padding).
+        shared: as in `decode`.
         Returns low-res logits K x rows x cols, IoU predictions K and the index of each
         kept mask in the flattened B x M.
         """
