@@ -109,7 +109,7 @@ def _command_help(config_name: str) -> str:
 
 
 def _generate(overrides: list[str]) -> None:
-    from engine.job import run_generate
+    from engine.generation.job import run_generate
 
     cfg = compose_config("generate", overrides)
     run_generate(cfg, overrides)
@@ -215,8 +215,8 @@ def _main(args: list[str]) -> None:
 
 
 def _is_user_error(error: BaseException) -> bool:
+    from engine.generation.job import JobError
     from engine.images import ImageDecodeError
-    from engine.job import JobError
     from engine.sources import InputError
     from engine.training.reader import TrainingDataError
     from engine.training.registry import RegistryError

@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from engine.job import ray_session
+from engine.cluster import ray_session
 from engine.training.rounds import EvalSettings, evaluate_checkpoint, run_round
 from engine.training.trainer import StepResult, TrainConfig, train_in_process, train_with_ray
 

@@ -26,8 +26,8 @@ from engine.dataset import (
     staged_path,
     write_summary,
 )
+from engine.generation.workers import commit_shard
 from engine.storage import Storage
-from engine.workers import commit_shard
 from stages.automatic.geometry import box_xyxy_to_xywh
 from stages.automatic.rle import coco_encode, masks_to_rles
 

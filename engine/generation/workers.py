@@ -1,6 +1,6 @@
 """The units of a generation job: CPU tasks (decode, finish, commit) and the model worker.
 
-They are plain functions and a plain class, usable in-process; `engine.pipeline` wraps
+They are plain functions and a plain class, usable in-process; `engine.generation.pipeline` wraps
 them as Ray tasks and actors with resources from config.
 """
 

@@ -21,9 +21,7 @@ import ray
 from ray.exceptions import RayTaskError
 
 from engine.dataset import STATUS_ERROR, ManifestRow, shard_name
-from engine.images import ImageOptions
-from engine.storage import Storage
-from engine.workers import (
+from engine.generation.workers import (
     ImagePlan,
     ModelWorker,
     ShardInfo,
@@ -31,6 +29,8 @@ from engine.workers import (
     decode_source,
     finish_image,
 )
+from engine.images import ImageOptions
+from engine.storage import Storage
 from stages.automatic import GeneratorConfig
 
 TASK_RETRIES = 3

@@ -9,19 +9,18 @@ a rerun with another fingerprint is refused unless force=true, which starts the 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from engine.cluster import ray_session
 from engine.dataset import (
     JOB_FILE,
     MANIFEST_DIR,
@@ -35,11 +34,11 @@ from engine.dataset import (
     shard_name,
     write_summary,
 )
+from engine.generation.pipeline import Pipeline, PipelineResult, Resources, start_model_workers
+from engine.generation.workers import ImagePlan, ShardInfo
 from engine.images import ImageOptions
-from engine.pipeline import Pipeline, PipelineResult, Resources, start_model_workers
 from engine.sources import ImageSource, list_sources, sources_digest
 from engine.storage import Storage
-from engine.workers import ImagePlan, ShardInfo
 from stages.automatic import GeneratorConfig
 
 FORMAT_VERSION = 1
@@ -153,27 +152,6 @@ def _check_checkpoint(checkpoint: str | None) -> None:
     local = checkpoint and checkpoint != "official" and "://" not in checkpoint
     if local and not os.path.isfile(str(checkpoint)):
         raise JobError(f"checkpoint not found: {checkpoint}")
-
-
-@contextlib.contextmanager
-def ray_session(cfg: DictConfig) -> Iterator[None]:
-    """The Ray a command runs on: the one already initialized, the cluster at ray.address,
-    or an embedded local Ray (shut down afterwards)."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    address = cfg.ray.address
-    kwargs: dict[str, Any] = {"log_to_driver": bool(cfg.ray.log_to_driver)}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _check_room(resources: Resources, *, embedded: bool) -> None:
