@@ -1,5 +1,5 @@
 """Generation job throughput: the Ray pipeline with 1 and 2 model workers against the
-generator alone in one process, at the same settings and weights, on the shared images.
+generator alone in one process, at the same settings and weights, on the bundled sample images.
 
     python -m benchmarks.bench_pipeline [--model demo] [--points 8] [--copies 2] [--gpu]
 
@@ -23,15 +23,15 @@ from hydra.utils import instantiate
 
 from benchmarks.common import machine
 from engine.cli import compose_config
+from engine.generation.job import run_generate
 from engine.images import ImageOptions, decode_image
-from engine.job import run_generate
 from stages.automatic import AutomaticMaskGenerator, GeneratorConfig, finish_candidates
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "images"
 
 
 def _inputs(folder: Path, copies: int) -> list[Path]:
-    sources = sorted(SHARED.glob("*.jpg")) or sorted(Path("samples/images").glob("*.jpg"))
+    sources = sorted(SAMPLES.glob("*.jpg"))
     paths = []
     for copy in range(copies):
         for source in sources:

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from engine.cli import compose_config
-from engine.job import JobSettings
+from engine.generation.job import JobSettings
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 

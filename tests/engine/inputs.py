@@ -9,13 +9,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.conftest import load_rgb
+from tests.conftest import load_rgb, portrait_rgb
 
-PHOTOS = ("dog.jpg", "groceries.jpg", "truck.jpg", "zidane.jpg", "bus.jpg")
+# The bundled photos, then portrait versions of them (the repository ships only three).
+PHOTOS = ("dog.jpg", "groceries.jpg", "truck.jpg", "dog_portrait.jpg", "truck_portrait.jpg")
+
+
+def photo_rgb(name: str) -> np.ndarray:
+    """A bundled photo, or `<name>_portrait.jpg`: that photo turned a quarter."""
+    if name.endswith("_portrait.jpg"):
+        return portrait_rgb(name.replace("_portrait", ""))
+    return load_rgb(name)
 
 
 def small_photo(name: str, long_side: int = 200) -> Image.Image:
-    image = Image.fromarray(load_rgb(name))
+    image = Image.fromarray(photo_rgb(name))
     scale = long_side / max(image.size)
     return image.resize((round(image.width * scale), round(image.height * scale)))
 

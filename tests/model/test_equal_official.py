@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from model import SamPredictor, build_sam
-from tests.conftest import load_rgb
+from tests.conftest import load_rgb, portrait_rgb
 from tests.oracle import build_pair, official, randomize_
 
 EMBED_TOL = 1e-4
@@ -60,10 +60,11 @@ def assert_masks_equal(mine: np.ndarray, theirs: np.ndarray, ref_logits: np.ndar
     assert differ.mean() < 1e-5
 
 
-@pytest.mark.parametrize("image_name", ["dog.jpg", "truck.jpg", "bus.jpg"])
+@pytest.mark.parametrize("image_name", ["dog.jpg", "truck.jpg", "portrait"])
 def test_image_embedding_vit_tiny(pair, image_name):
+    """Landscape photos, and a portrait one (taller than wide: padded on the right)."""
     ours, reference = pair
-    image = load_rgb(image_name)
+    image = portrait_rgb("groceries.jpg") if image_name == "portrait" else load_rgb(image_name)
     mine, theirs = SamPredictor(ours), official.SamPredictor(reference)
     mine.set_image(image)
     theirs.set_image(image)
@@ -153,11 +154,11 @@ def test_mask_input_matches_official(predictors, multimask):
 
 @pytest.mark.parametrize("size", [(1800, 1200), (270, 200)])
 def test_predictor_end_to_end_other_sizes(pair, size):
-    """Larger than the model input (truck) and much smaller (a downscaled bus)."""
+    """Larger than the model input (truck) and much smaller (downscaled groceries)."""
     from PIL import Image
 
     ours, reference = pair
-    name = "truck.jpg" if size[0] > 1024 else "bus.jpg"
+    name = "truck.jpg" if size[0] > 1024 else "groceries.jpg"
     image = np.array(Image.fromarray(load_rgb(name)).resize(size, Image.Resampling.BILINEAR))
     mine, theirs = SamPredictor(ours), official.SamPredictor(reference)
     mine.set_image(image)

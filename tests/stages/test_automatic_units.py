@@ -113,9 +113,7 @@ def test_sa1b_sample_bbox_and_area_semantics():
     import json
     from pathlib import Path
 
-    sample = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sa1b_sample.json"
-    if not sample.exists():
-        pytest.skip("shared SA-1B sample not present")
+    sample = Path(__file__).resolve().parents[1] / "data" / "sa1b_sample.json"
     for annotation in json.loads(sample.read_text())["annotations"]:
         mask = coco_decode(annotation["segmentation"])
         assert mask.sum() == annotation["area"]
