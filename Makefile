@@ -6,15 +6,15 @@ LINTED := model stages engine jobs tests benchmarks
 
 .PHONY: demo test lint typecheck unit bench clean
 
-# Runtime environment: the CPU build of torch (falls back to the registry's torch).
+# Runtime environment: torch and the torchvision build that matches it, from the registry
+# (torchvision's compiled ops do not load with a CPU-only torch wheel of another build).
 $(VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q "torch==2.13.0" || $(VENV)/bin/python -m pip install -q torch
 	$(VENV)/bin/python -m pip install -q -e .
 	touch $@
 
-# Test environment: adds the official segment-anything package (the oracle) and its
-# torchvision, which brings its own torch build.
+# Test environment: adds the official segment-anything package (the oracle), linters and
+# the browser driver.
 $(TEST_VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/python -m pip install -q -e ".[test]"
