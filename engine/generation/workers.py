@@ -26,6 +26,7 @@ from engine.dataset import (
     staged_path,
     write_manifest_part,
 )
+from engine.embeddings import Embedding, embed_image
 from engine.images import DecodedImage, ImageDecodeError, ImageOptions, decode_image
 from engine.sources import ImageSource
 from engine.storage import Storage
@@ -80,7 +81,8 @@ def decode_source(
 
 
 class ModelWorker:
-    """Loads the model once and runs the model's share of the generator per image.
+    """Loads the model once; per image, the model's share of the generator (`generate`) or
+    the image encoder alone (`embed`).
 
     model_config: a `_target_` config (see configs/model); device: 'cpu', 'cuda' or 'auto';
     precision: 'fp32' (exact) or 'bf16' (autocast on CUDA)."""
@@ -148,6 +150,22 @@ class ModelWorker:
         except (RuntimeError, ValueError) as error:
             return Failure(f"generation failed: {_one_line(error)}")
         finally:
+            self.last_end = time.perf_counter()
+            self.busy_seconds += self.last_end - start
+            self.num_images += 1
+
+    def embed(self, decoded: DecodedImage | Failure) -> Embedding | Failure:
+        """The image encoder alone (campaigns precompute embeddings for the annotators)."""
+        if isinstance(decoded, Failure):
+            return decoded
+        start = time.perf_counter()
+        self.first_start = self.first_start or start
+        try:
+            return embed_image(self.generator.predictor, decoded.rgb)
+        except (RuntimeError, ValueError) as error:
+            return Failure(f"embedding failed: {_one_line(error)}")
+        finally:
+            self.generator.predictor.reset_image()
             self.last_end = time.perf_counter()
             self.busy_seconds += self.last_end - start
             self.num_images += 1
