@@ -29,6 +29,7 @@ commands:
   train      train SAM on SA-1B-format data with the paper's interactive recipe
   evaluate   a model's held-out metrics (1-point mIoU, clicks, generator recall)
   round      one retraining round: train, evaluate, register, promote if better
+  campaign   annotation campaigns: create, serve, embed, simulate, round, export, stats
 
 Options are Hydra overrides (key=value, see `saengine <command> --help`), for example:
   saengine generate input=photos/ output=out/ model=vit_h model.checkpoint=sam_vit_h_4b8939.pth
@@ -163,6 +164,12 @@ def _round(overrides: list[str]) -> None:
     run_round_command(compose_config("round", overrides))
 
 
+def _campaign(args: list[str]) -> None:
+    from engine.campaigns.commands import run_campaign_command
+
+    run_campaign_command(args, compose_config)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], None]]] = {
     "generate": ("generate", _generate),
     "inspect": ("inspect", _inspect),
@@ -170,6 +177,7 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], None]]] = {
     "train": ("train", _train),
     "evaluate": ("evaluate", _evaluate),
     "round": ("round", _round),
+    "campaign": ("campaign", _campaign),
 }
 
 
@@ -201,7 +209,7 @@ def _main(args: list[str]) -> None:
     if command not in COMMANDS:
         _fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
     config_name, run = COMMANDS[command]
-    if any(arg in ("-h", "--help") for arg in rest):
+    if command != "campaign" and any(arg in ("-h", "--help") for arg in rest):
         print(_command_help(config_name))
         return
     try:
@@ -215,6 +223,7 @@ def _main(args: list[str]) -> None:
 
 
 def _is_user_error(error: BaseException) -> bool:
+    from engine.campaigns.campaign import CampaignError
     from engine.generation.job import JobError
     from engine.images import ImageDecodeError
     from engine.sources import InputError
@@ -225,6 +234,7 @@ def _is_user_error(error: BaseException) -> bool:
     known: tuple[type[BaseException], ...] = (
         UsageError,
         JobError,
+        CampaignError,
         InputError,
         CheckpointError,
         ImageDecodeError,

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from engine.training.reader import IndexEntry, build_index, load_sample
 from model import Sam
+from stages.assisted.prompts import centre_point, largest_error_click, mask_iou
 from stages.automatic import AutomaticMaskGenerator, GeneratorConfig
 from stages.automatic.rle import rle_to_mask
 
@@ -45,35 +45,6 @@ class EvalResult:
         return asdict(self)
 
 
-def centre_point(region: np.ndarray) -> tuple[float, float]:
-    """XY of the region's pixel farthest from its boundary (the image centre if empty)."""
-    if not region.any():
-        return region.shape[1] / 2, region.shape[0] / 2
-    distance = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return float(x), float(y)
-
-
-def _largest_error_click(predicted: np.ndarray, target: np.ndarray) -> tuple[float, float, int]:
-    false_neg, false_pos = target & ~predicted, predicted & ~target
-    best: tuple[float, float, int] = (*centre_point(target), 1)
-    best_depth = -1.0
-    for region, label in ((false_neg, 1), (false_pos, 0)):
-        if not region.any():
-            continue
-        distance = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
-        depth = float(distance.max())
-        if depth > best_depth:
-            y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
-            best, best_depth = (float(x), float(y), label), depth
-    return best
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
 @torch.inference_mode()
 def _interactive(
     sam: Sam, embedding: torch.Tensor, target: np.ndarray, valid: tuple[int, int]
@@ -88,7 +59,7 @@ def _interactive(
     predicted = np.zeros_like(target)
     for click in range(MAX_CLICKS):
         x, y, label = (
-            (*centre_point(target), 1) if click == 0 else _largest_error_click(predicted, target)
+            (*centre_point(target), 1) if click == 0 else largest_error_click(predicted, target)
         )
         coords.append((x, y))
         labels.append(label)
@@ -103,7 +74,7 @@ def _interactive(
         masks = (logits > 0).cpu().numpy()
         masks[:, valid[0] :, :] = False
         masks[:, :, valid[1] :] = False
-        candidate_ious = [_iou(m, target) for m in masks]
+        candidate_ious = [mask_iou(m, target) for m in masks]
         chosen = int(iou_pred[0].argmax())
         if click == 0:
             first = (candidate_ious[chosen], max(candidate_ious))

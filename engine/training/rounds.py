@@ -66,8 +66,11 @@ def run_round(
     workers: int = 0,
     use_gpu: bool = False,
     config_yaml: str = "",
+    reevaluate_parent: bool = False,
 ) -> RoundRecord:
-    """Run the next round; returns its record (registered, promoted or not)."""
+    """Run the next round; returns its record (registered, promoted or not).
+    reevaluate_parent: evaluate the parent again on `eval_data` instead of taking its
+    recorded metrics (for held-out data that grows between rounds, as in a campaign)."""
     registry = Registry(registry_root)
     parent = registry.latest()
     name = registry.next_round_name()
@@ -80,7 +83,7 @@ def run_round(
     model_file = Path(config.output) / MODEL_FILE
     metrics = evaluate_checkpoint(config.model, str(model_file), eval_data, eval_settings)
     parent_metrics = None
-    if parent:
+    if parent and not reevaluate_parent:
         parent_metrics = registry.record(parent).metrics
     elif start:
         parent_metrics = evaluate_checkpoint(config.model, start, eval_data, eval_settings)

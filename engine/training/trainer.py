@@ -2,7 +2,7 @@
 
 One step: a global batch of images (a slice of the seeded permutation, split across
 workers), the image encoder once per image, then for up to `masks_per_image` masks per image
-the simulated annotation of `engine.training.prompts` (11 iterations by default), each
+the simulated annotation of `stages.assisted.prompts` (11 iterations by default), each
 iteration's loss (focal + dice 20:1, lowest-loss mask of 3 for a single point, IoU MSE)
 averaged. Gradients are all-reduced across workers (data parallel, gloo on CPU, NCCL on
 GPU). Every random choice is seeded by (seed, step, sample index), so 1 and N workers see
@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.training.prompts import error_points, iteration_schedule, noisy_boxes, uniform_points
 from engine.training.reader import (
     IndexEntry,
     build_index,
@@ -38,6 +37,7 @@ from engine.training.reader import (
 )
 from model import Sam, build_sam
 from model.losses import sam_loss
+from stages.assisted.prompts import error_points, iteration_schedule, noisy_boxes, uniform_points
 
 STATE_FILE = "checkpoints/last.pt"
 MODEL_FILE = "model.pth"

@@ -1,4 +1,5 @@
-"""Simulated interactive annotation (the paper's appendix A).
+"""Simulated interactive annotation (the paper's appendix A), shared by training and the
+scripted annotators of campaigns.
 
 Per mask: a first prompt, with equal chance a uniform foreground point or the mask's box
 with noise (std 10% of the side, at most 20 px, per coordinate); then iterations that each
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 BOX_NOISE_FRACTION = 0.1
 BOX_NOISE_MAX_PX = 20.0
@@ -80,3 +82,36 @@ def error_points(
     xs, ys = points[:, 0].long(), points[:, 1].long()
     labels = targets[torch.arange(len(targets)), ys, xs].long()
     return points, labels
+
+
+def centre_point(region: np.ndarray) -> tuple[float, float]:
+    """XY of the region's pixel farthest from its boundary (the image centre if empty)."""
+    if not region.any():
+        return region.shape[1] / 2, region.shape[0] / 2
+    distance = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return float(x), float(y)
+
+
+def largest_error_click(predicted: np.ndarray, target: np.ndarray) -> tuple[float, float, int]:
+    """XY and label of a click at the centre of the largest error region (label 1 in a
+    missed part, 0 in an extra part): the interactive evaluation's and the scripted
+    annotators' corrective click. Without any error, the centre of the target."""
+    false_neg, false_pos = target & ~predicted, predicted & ~target
+    best: tuple[float, float, int] = (*centre_point(target), 1)
+    best_depth = -1.0
+    for region, label in ((false_neg, 1), (false_pos, 0)):
+        if not region.any():
+            continue
+        distance = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+        depth = float(distance.max())
+        if depth > best_depth:
+            y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
+            best, best_depth = (float(x), float(y), label), depth
+    return best
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two H x W bool masks (1 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0

@@ -1,0 +1,120 @@
+"""A campaign on disk: its folder, config, database and data root.
+
+    <dir>/campaign.yaml        the resolved config of `saengine campaign create`
+    <dir>/campaign.db          the SQLite database (WAL): images, queue, masks, events, ...
+    <dir>/runs/                logs of the background jobs (embed, rounds) the server starts
+    <data>/images/<key>.jpg    the stored images (EXIF applied, shortest side rule)
+    <data>/embeddings/...      fp16 embeddings per model (engine.embeddings)
+    <data>/models/<sha16>/     decoder.onnx (+ decoder.quant.onnx) per model version
+    <data>/exports/            SA-1B exports (each round's, and `campaign export`'s)
+
+<data> is the campaign folder unless the config names another location (`data=`: a shared
+filesystem or an fsspec URL such as s3://bucket/campaign); the database stays in <dir>,
+with the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from engine.campaigns.db import DB_FILE, Database
+from engine.embeddings import MODEL_DIR_CHARS, EmbeddingStore
+from engine.storage import Storage
+
+CONFIG_FILE = "campaign.yaml"
+RUNS_DIR = "runs"
+STAGES = {"manual": 1, "semi": 2}
+
+
+class CampaignError(ValueError):
+    """A campaign that cannot do what was asked (one-line message for the user)."""
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """lease_ttl_s: seconds a lease lives without a heartbeat; max_image_skips: distinct
+    annotators that may skip an image before it is set aside."""
+
+    lease_ttl_s: float = 120.0
+    max_image_skips: int = 2
+
+    def __post_init__(self) -> None:
+        if self.lease_ttl_s <= 0:
+            raise ValueError(f"queue.lease_ttl_s must be > 0, got {self.lease_ttl_s}")
+        if self.max_image_skips < 1:
+            raise ValueError(f"queue.max_image_skips must be >= 1, got {self.max_image_skips}")
+
+
+class Campaign:
+    """Opens an existing campaign folder."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        config_path = self.dir / CONFIG_FILE
+        if not config_path.is_file() or not (self.dir / DB_FILE).is_file():
+            raise CampaignError(
+                f"{self.dir} is not a campaign (create it with saengine campaign create)"
+            )
+        loaded = OmegaConf.load(config_path)
+        assert isinstance(loaded, DictConfig)
+        self.config: DictConfig = loaded
+        self.db = Database(self.dir / DB_FILE)
+        self.storage = data_storage(self.dir, loaded)
+        self.queue = QueueSettings(**_plain(loaded.queue))
+
+    @property
+    def stage(self) -> int:
+        return STAGES[str(self.config.stage)]
+
+    def image_path(self, key: str) -> str:
+        return f"images/{key}.jpg"
+
+    def decoder_path(self, model_sha256: str, *, quantized: bool = False) -> str:
+        name = "decoder.quant.onnx" if quantized else "decoder.onnx"
+        return f"models/{model_sha256[:MODEL_DIR_CHARS]}/{name}"
+
+    def embeddings(self, model_sha256: str) -> EmbeddingStore:
+        return EmbeddingStore(self.storage, model_sha256)
+
+    def runs_dir(self) -> Path:
+        path = self.dir / RUNS_DIR
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+@contextlib.contextmanager
+def exclusive(campaign: Campaign, job: str) -> Iterator[None]:
+    """At most one `job` (embed, round, ...) per campaign at a time: an flock on
+    <dir>/runs/<job>.lock, released when the process ends, however it ends."""
+    with open(campaign.runs_dir() / f"{job}.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise CampaignError(f"another {job} job is running on {campaign.dir}") from error
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+
+
+def data_storage(directory: Path, config: DictConfig) -> Storage:
+    data = config.get("data")
+    options = _plain(config.get("storage_options") or {})
+    return Storage(str(data) if data else str(directory.resolve()), options)
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    if isinstance(node, DictConfig):
+        plain = OmegaConf.to_container(node, resolve=True)
+        assert isinstance(plain, dict)
+        return {str(k): v for k, v in plain.items()}
+    return dict(node)

@@ -1,0 +1,267 @@
+"""`saengine campaign <command> <dir> key=value ...`: the campaign commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from engine.campaigns.campaign import Campaign, CampaignError
+
+USAGE = """usage: saengine campaign <command> <dir> [key=value ...]
+
+Annotation campaigns (stage 1 assisted-manual, stage 2 semi-automatic): a queue of images,
+embeddings computed ahead on Ray, the decoder in the annotators' browsers, masks with their
+prompts and timings, retraining rounds triggered by collected masks.
+
+commands:
+  create          plan the images of input=... and publish the first model (prints the admin token)
+  status          images by state, embeddings, masks, annotators, model versions, rounds
+  add-annotator   name=<name> [role=admin]: a new annotator's token
+  embed           compute embeddings with the current model on Ray (follow=true: keep ahead)
+  serve           the API and annotation page (host=, port=), with embed job and rounds beside it
+  simulate        truth=<dataset> annotators=N: scripted annotators over the HTTP API
+  round           one retraining round now (export, train, promote, switch model)
+  export          output=<dir>: the accepted masks as an SA-1B dataset
+  stats           masks per image, time and clicks per mask, skipped objects, per round
+
+`saengine campaign <command> --help` shows a command's options.
+"""
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+def run_campaign_command(args: list[str], compose: Callable[[str, list[str]], DictConfig]) -> None:
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        raise CampaignError(f"unknown campaign command {name!r}; commands: {', '.join(COMMANDS)}")
+    config_name = "campaign" if name == "create" else f"campaign_{name.replace('-', '_')}"
+    if any(arg in ("-h", "--help") for arg in rest):
+        text = resources.files("configs").joinpath(f"{config_name}.yaml").read_text()
+        print(f"usage: saengine campaign {name} <dir> key=value ...\n\n{text}")
+        return
+    if rest and "=" not in rest[0]:
+        rest = [f"dir={rest[0]}", *rest[1:]]
+    COMMANDS[name](compose(config_name, rest))
+
+
+def _create(cfg: DictConfig) -> None:
+    from engine.campaigns.plan import create_campaign
+
+    campaign, token = create_campaign(cfg)
+    print(status_text(campaign))
+    if token:
+        print(f"admin token (shown once; keep it): {token}")
+    print(
+        f"next: saengine campaign add-annotator {campaign.dir} name=<name>; "
+        f"saengine campaign serve {campaign.dir}"
+    )
+
+
+def _status(cfg: DictConfig) -> None:
+    print(status_text(Campaign(str(cfg.dir))))
+
+
+def status_text(campaign: Campaign) -> str:
+    from engine.campaigns.queue import current_model
+    from engine.campaigns.serve import server_url
+
+    with campaign.db.read() as db:
+        images = dict(db.execute("SELECT status, COUNT(*) FROM images GROUP BY status").fetchall())
+        model = current_model(db)
+        versions = db.execute("SELECT COUNT(*) FROM models").fetchone()[0]
+        embedded = db.execute(
+            "SELECT COUNT(*) FROM embeddings WHERE model_sha256 = ?", (model,)
+        ).fetchone()[0]
+        masks = dict(db.execute("SELECT origin || ' ' || state, COUNT(*) FROM masks GROUP BY 1"))
+        people = db.execute("SELECT COUNT(*) FROM annotators WHERE role = 'annotator'").fetchone()[
+            0
+        ]
+        rounds = dict(db.execute("SELECT status, COUNT(*) FROM rounds GROUP BY status").fetchall())
+        errors = db.execute(
+            "SELECT key, source, error FROM images WHERE status = 'error' LIMIT 5"
+        ).fetchall()
+    lines = [
+        f"campaign: {campaign.dir} (stage {campaign.stage}, data at {campaign.storage.url()})",
+        f"images: {sum(images.values())} ({_counts(images)})",
+        f"model: version {versions - 1}, {str(model)[:12]}; embeddings ready for {embedded} images",
+        f"masks: {_counts(masks) or 'none yet'}",
+        f"annotators: {people}; rounds: {rounds or 'none yet'}",
+        f"server: {server_url(campaign) or 'not running'}",
+    ]
+    lines += [f"  error {row['key']} ({row['source']}): {row['error']}" for row in errors]
+    return "\n".join(lines)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{value} {key}" for key, value in sorted(counts.items()))
+
+
+def _add_annotator(cfg: DictConfig) -> None:
+    from engine.campaigns.auth import add_annotator
+
+    token = add_annotator(Campaign(str(cfg.dir)), str(cfg.name), role=str(cfg.role))
+    print(token)
+
+
+def _embed(cfg: DictConfig) -> None:
+    from engine.campaigns.embed import EmbedReport, run_embed
+
+    campaign = Campaign(str(cfg.dir))
+    merged = _job_config(campaign, cfg)
+    follow = bool(cfg.follow)
+    ahead = (
+        cfg.ahead if cfg.ahead is not None else (campaign.config.embed.ahead if follow else None)
+    )
+    bar = tqdm(desc="embed", unit="img", disable=not bool(cfg.progress), dynamic_ncols=True)
+
+    def progress(report: EmbedReport, todo: int) -> None:
+        if todo:
+            bar.total = (bar.total or 0) + todo
+            bar.refresh()
+        else:
+            bar.update(1)
+            bar.set_postfix_str(f"{report.failed} failed", refresh=False)
+
+    with bar:
+        report = run_embed(
+            campaign,
+            merged,
+            follow=follow,
+            ahead=None if ahead is None else int(ahead),
+            on_progress=progress,
+        )
+    print(f"embedded {report.embedded} images ({report.failed} failed)")
+
+
+def _job_config(campaign: Campaign, cfg: DictConfig) -> DictConfig:
+    """The campaign's ray/resources settings with the command line's non-null ones over them."""
+    merged = OmegaConf.create({"ray": campaign.config.ray, "resources": campaign.config.resources})
+    for section in ("ray", "resources"):
+        for key, value in (cfg.get(section) or {}).items():
+            if value is not None:
+                merged[section][key] = value
+    return merged
+
+
+def _serve(cfg: DictConfig) -> None:
+    from engine.campaigns.serve import serve
+
+    campaign = Campaign(str(cfg.dir))
+    serve(
+        campaign,
+        host=str(cfg.host),
+        port=int(cfg.port),
+        embed=bool(cfg.embed),
+        rounds=bool(cfg.rounds),
+        static_dir=STATIC_DIR if STATIC_DIR.is_dir() else None,
+        log_level=str(cfg.log_level),
+    )
+
+
+def _simulate(cfg: DictConfig) -> None:
+    from engine.campaigns.simulate import simulate
+    from stages.assisted.annotator import AnnotatorPolicy
+
+    campaign = Campaign(str(cfg.dir))
+    policy = AnnotatorPolicy(**_plain(cfg.annotator))
+    truth = _plain(cfg.truth)
+    truth = [str(t) for t in truth] if isinstance(truth, list) else [str(truth)]
+    with _server(campaign, cfg.server) as url:
+        reports = simulate(
+            campaign,
+            url=url,
+            truth=truth,
+            annotators=int(cfg.annotators),
+            policy=policy,
+            seed=int(cfg.seed),
+            max_images=None if cfg.max_images is None else int(cfg.max_images),
+        )
+        if bool(cfg.wait_for_rounds):
+            _wait_for_rounds(campaign)
+    for report in reports:
+        print(
+            f"{report.name}: {report.images} images, {report.masks} masks, {report.skipped} "
+            f"skipped objects, {report.rejected} prefilled rejected, {report.clicks} clicks"
+        )
+
+
+def _server(campaign: Campaign, url: Any) -> Any:
+    from engine.campaigns.server_process import running_server
+
+    return running_server(campaign, None if url is None else str(url))
+
+
+def _wait_for_rounds(campaign: Campaign) -> None:
+    import time
+
+    from engine.campaigns.rounds import round_due
+
+    while round_due(campaign):
+        time.sleep(2)
+
+
+def _round(cfg: DictConfig) -> None:
+    from engine.campaigns.rounds import run_campaign_round
+
+    campaign = Campaign(str(cfg.dir))
+    outcome = run_campaign_round(campaign, _job_config(campaign, OmegaConf.create({})))
+    state = "promoted: the campaign now uses it" if outcome.promoted else "not promoted"
+    print(f"{outcome.name}: {state} ({outcome.reason})")
+
+
+def _export(cfg: DictConfig) -> None:
+    from engine.campaigns.export import export_dataset
+
+    campaign = Campaign(str(cfg.dir))
+    report = export_dataset(
+        campaign,
+        str(cfg.output),
+        images_per_shard=int(cfg.images_per_shard),
+        storage_options=_plain(cfg.storage_options),
+        force=bool(cfg.force),
+    )
+    print(
+        f"exported {report.masks} masks on {report.images} images in {report.shards} shards "
+        f"-> {report.url} (look at it: saengine inspect {report.url})"
+    )
+
+
+def _stats(cfg: DictConfig) -> None:
+    from engine.campaigns.stats import campaign_stats, format_stats, plot_stats
+
+    campaign = Campaign(str(cfg.dir))
+    stats = campaign_stats(campaign)
+    if bool(cfg.json):
+        json.dump(stats, sys.stdout, indent=2)
+        print()
+    else:
+        print(format_stats(stats))
+    path = plot_stats(stats, Path(str(cfg.plot)) if cfg.plot else campaign.dir / "stats.png")
+    print(f"plot: {path}")
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+COMMANDS: dict[str, Callable[[DictConfig], None]] = {
+    "create": _create,
+    "status": _status,
+    "add-annotator": _add_annotator,
+    "embed": _embed,
+    "serve": _serve,
+    "simulate": _simulate,
+    "round": _round,
+    "export": _export,
+    "stats": _stats,
+}

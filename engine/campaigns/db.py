@@ -1,0 +1,182 @@
+"""The campaign database: SQLite in WAL mode, one file beside the campaign's config.
+
+Every write is one short `BEGIN IMMEDIATE` transaction (the writer lock is taken up front,
+so two writers never deadlock upgrading a read), committed with synchronous=FULL: once a
+call returns, its rows survive a kill -9 of the process or a power cut. Each thread gets its
+own connection (the server answers requests on a thread pool).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+DB_FILE = "campaign.db"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE IF NOT EXISTS images (
+    image_id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    source TEXT NOT NULL,
+    stage INTEGER NOT NULL DEFAULT 1,
+    status TEXT NOT NULL,            -- planned | queued | leased | done | error
+    error TEXT NOT NULL DEFAULT '',
+    width INTEGER NOT NULL DEFAULT 0,
+    height INTEGER NOT NULL DEFAULT 0,
+    lease_id TEXT UNIQUE,
+    lease_annotator INTEGER,
+    lease_expires REAL,
+    finished_by INTEGER,
+    finished_at REAL,
+    prefill_model TEXT               -- stage 2: the models that prefilled it (once)
+);
+CREATE INDEX IF NOT EXISTS images_queue ON images (status, image_id);
+
+CREATE TABLE IF NOT EXISTS annotators (
+    annotator_id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,              -- annotator | admin
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS models (
+    version INTEGER PRIMARY KEY,     -- 0: the campaign's first model, then one per promotion
+    sha256 TEXT NOT NULL UNIQUE,     -- of the weights (engine.models.weights_sha256)
+    config TEXT NOT NULL,            -- the model config (JSON) the embed job instantiates
+    round TEXT,                      -- the registry round that produced it
+    created REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS embeddings (
+    image_id INTEGER NOT NULL,
+    model_sha256 TEXT NOT NULL,
+    input_h INTEGER NOT NULL,
+    input_w INTEGER NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (image_id, model_sha256)
+);
+
+CREATE TABLE IF NOT EXISTS masks (
+    mask_id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL,
+    annotator_id INTEGER,
+    client_id TEXT,
+    origin TEXT NOT NULL,            -- manual | prefilled
+    state TEXT NOT NULL,             -- accepted | deleted (manual); proposed | kept | rejected
+    counts TEXT NOT NULL,            -- COCO compressed RLE at the stored image size
+    height INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    bbox TEXT NOT NULL,              -- [x, y, w, h], SA-1B semantics
+    area INTEGER NOT NULL,
+    prompts TEXT NOT NULL,           -- {"points": [[x, y, label], ...], "box": [x0, y0, x1, y1]}
+    clicks INTEGER NOT NULL DEFAULT 0,
+    brush_strokes INTEGER NOT NULL DEFAULT 0,
+    seconds REAL NOT NULL DEFAULT 0,
+    predicted_iou REAL,
+    stability_score REAL,
+    detector_score REAL,
+    model_sha256 TEXT NOT NULL,
+    detector_sha256 TEXT,
+    created REAL NOT NULL,
+    changed REAL NOT NULL,
+    UNIQUE (annotator_id, client_id)
+);
+CREATE INDEX IF NOT EXISTS masks_image ON masks (image_id);
+
+CREATE TABLE IF NOT EXISTS events (
+    event_id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,              -- skip_object | skip_image | finish_image | lease
+                                     -- | lease_expired | delete_mask | reject_prefilled
+    image_id INTEGER,
+    annotator_id INTEGER,
+    client_id TEXT,
+    seconds REAL,
+    clicks INTEGER,
+    detail TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    UNIQUE (annotator_id, client_id)
+);
+CREATE INDEX IF NOT EXISTS events_image ON events (image_id, kind);
+
+CREATE TABLE IF NOT EXISTS rounds (
+    round_id INTEGER PRIMARY KEY,
+    name TEXT,
+    status TEXT NOT NULL,            -- running | done | failed
+    mask_cutoff INTEGER NOT NULL,    -- masks with mask_id <= cutoff were exported for it
+    started REAL NOT NULL,
+    finished REAL,
+    promoted INTEGER,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+"""
+
+
+class Database:
+    """The campaign's SQLite file; `read()` and `write()` give a connection in a
+    transaction (write: BEGIN IMMEDIATE ... COMMIT, rolled back on error)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._local = threading.local()
+
+    def connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+            )
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            connection.execute("PRAGMA foreign_keys=ON")
+            self._local.connection = connection
+        return connection
+
+    def create_schema(self) -> None:
+        self.connection().executescript(SCHEMA)
+        with self.write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        connection = self.connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for several queries."""
+        connection = self.connection()
+        connection.execute("BEGIN")
+        try:
+            yield connection
+        finally:
+            connection.execute("COMMIT")
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,158 @@
+"""`saengine campaign create`: plan a campaign's images with the input handling of
+`saengine generate` and publish its first model.
+
+The images are listed (sorted; image i gets id i + 1 and key sa_<id>), then each is decoded
+with the same rules (EXIF orientation, RGB, shortest side) and stored as the JPEG the
+annotators see and the masks refer to. Files that cannot be used become error rows with
+their message. Creating again with the same config continues an interrupted plan.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from engine.campaigns.auth import ADMIN, add_annotator
+from engine.campaigns.campaign import CONFIG_FILE, STAGES, Campaign, CampaignError, data_storage
+from engine.campaigns.db import DB_FILE, Database
+from engine.campaigns.queue import ERROR, PLANNED, QUEUED
+from engine.campaigns.versions import publish_model
+from engine.dataset import image_key
+from engine.generation.workers import Failure, decode_source
+from engine.images import DecodedImage, ImageOptions
+from engine.sources import ImageSource, list_sources
+
+# What a campaign is made of; creating again must give the same, or it is another campaign.
+IDENTITY_KEYS = ("input", "stage", "data", "images", "model")
+DECODE_THREADS = 8
+
+
+def create_campaign(cfg: DictConfig) -> tuple[Campaign, str | None]:
+    """Create (or finish creating) the campaign; returns it and the admin token (None when
+    the admin existed already)."""
+    directory = Path(str(cfg.dir))
+    if str(cfg.stage) not in STAGES:
+        raise CampaignError(f"stage must be one of {', '.join(STAGES)}, got {cfg.stage!r}")
+    model_config = _absolute_checkpoint(OmegaConf.to_container(cfg.model, resolve=True))
+    cfg = OmegaConf.merge(cfg, {"model": model_config})  # type: ignore[assignment]
+    _claim(directory, cfg)
+    campaign = Campaign(directory)
+    publish_model(campaign, model_config)
+    sources = list_sources(_inputs(cfg), _options(cfg))
+    _insert_plans(campaign, sources)
+    _decode_planned(campaign, sources, bool(cfg.progress))
+    token = None
+    with campaign.db.read() as db:
+        has_admin = db.execute("SELECT 1 FROM annotators WHERE role = ?", (ADMIN,)).fetchone()
+    if has_admin is None:
+        token = add_annotator(campaign, "admin", role=ADMIN)
+    return campaign, token
+
+
+def _claim(directory: Path, cfg: DictConfig) -> None:
+    """Write the config and the database, or check that an existing campaign is this one."""
+    config_path = directory / CONFIG_FILE
+    if config_path.exists():
+        previous = OmegaConf.load(config_path)
+        assert isinstance(previous, DictConfig)
+        changed = [k for k in IDENTITY_KEYS if _plain(previous.get(k)) != _plain(cfg.get(k))]
+        if changed:
+            raise CampaignError(
+                f"{directory} holds a campaign with another {', '.join(changed)}; "
+                "use another folder"
+            )
+        return
+    if directory.exists() and any(directory.iterdir()):
+        raise CampaignError(f"{directory} exists and is not empty; use a new folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    database = Database(directory / DB_FILE)
+    database.create_schema()
+    database.close()
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    temporary = config_path.with_name(f".{CONFIG_FILE}.partial")
+    temporary.write_text(text)
+    os.replace(temporary, config_path)
+    data_storage(directory, cfg)  # fails early on a bad data URL
+
+
+def _insert_plans(campaign: Campaign, sources: list[ImageSource]) -> None:
+    rows = [
+        (index + 1, image_key(index + 1), source.source, campaign.stage, PLANNED)
+        for index, source in enumerate(sources)
+    ]
+    with campaign.db.write() as db:
+        count = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        if count and count != len(rows):
+            raise CampaignError(f"the input now lists {len(rows)} images, the campaign {count}")
+        db.executemany(
+            "INSERT OR IGNORE INTO images (image_id, key, source, stage, status) "
+            "VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+
+
+def _decode_planned(campaign: Campaign, sources: list[ImageSource], progress: bool) -> None:
+    """Decode and store every image still planned (`sources` in image-id order)."""
+    with campaign.db.read() as db:
+        planned = db.execute(
+            "SELECT image_id, key FROM images WHERE status = ? ORDER BY image_id", (PLANNED,)
+        ).fetchall()
+    if not planned:
+        return
+    options = ImageOptions(**_plain(campaign.config.images))
+    storage_options = _options(campaign.config)
+
+    def store(row: Any) -> tuple[int, DecodedImage | Failure]:
+        decoded = decode_source(sources[row["image_id"] - 1], options, storage_options)
+        if isinstance(decoded, DecodedImage):
+            campaign.storage.write_bytes(campaign.image_path(row["key"]), decoded.jpeg)
+        return row["image_id"], decoded
+
+    bar = tqdm(total=len(planned), desc="plan", unit="img", disable=not progress)
+    with ThreadPoolExecutor(DECODE_THREADS) as pool, bar:
+        for image_id, decoded in pool.map(store, planned):
+            _record_decoded(campaign, image_id, decoded)
+            bar.update(1)
+
+
+def _record_decoded(campaign: Campaign, image_id: int, decoded: DecodedImage | Failure) -> None:
+    with campaign.db.write() as db:
+        if isinstance(decoded, Failure):
+            db.execute(
+                "UPDATE images SET status = ?, error = ? WHERE image_id = ?",
+                (ERROR, decoded.message, image_id),
+            )
+        else:
+            height, width = decoded.size_hw
+            db.execute(
+                "UPDATE images SET status = ?, width = ?, height = ? WHERE image_id = ?",
+                (QUEUED, width, height, image_id),
+            )
+
+
+def _inputs(cfg: DictConfig) -> list[str]:
+    value = _plain(cfg.input)
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def _options(cfg: DictConfig) -> dict[str, Any]:
+    options = _plain(cfg.get("storage_options") or {})
+    return dict(options) if isinstance(options, dict) else {}
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _absolute_checkpoint(model_config: Any) -> dict[str, Any]:
+    """A local checkpoint path made absolute: the campaign's jobs run from anywhere."""
+    config = dict(model_config)
+    checkpoint = config.get("checkpoint")
+    if checkpoint and "://" not in str(checkpoint) and os.path.exists(str(checkpoint)):
+        config["checkpoint"] = str(Path(str(checkpoint)).resolve())
+    return config

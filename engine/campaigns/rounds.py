@@ -1,0 +1,202 @@
+"""Retraining rounds of a campaign, triggered by collected masks (`retrain_every`).
+
+A round exports every mask accepted so far (up to a cutoff fixed when the round starts) as
+SA-1B shards, holds out every `holdout_every`-th image for evaluation unless the config
+names held-out datasets, runs a retraining round (engine.training: Ray Train, registry,
+promotion against the parent on the same held-out data) and, when the new model is
+promoted, publishes it as the campaign's next model version (decoder exported; the embed
+job then recomputes the embeddings of images not yet done). Annotators keep working
+meanwhile. A round interrupted at any point is resumed by running it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from engine.campaigns.campaign import Campaign, CampaignError, exclusive
+from engine.campaigns.db import now
+from engine.campaigns.export import export_dataset
+from engine.campaigns.masks import ACCEPTED, MANUAL
+from engine.campaigns.queue import current_model
+from engine.campaigns.versions import model_config_row, publish_model
+from engine.cluster import ray_session
+from engine.models import resolve_checkpoint_reference
+from engine.training.commands import train_config
+from engine.training.registry import Registry
+from engine.training.rounds import EvalSettings, run_round
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    round_id: int
+    name: str
+    promoted: bool
+    reason: str
+    metrics: dict[str, Any]
+
+
+def new_masks(campaign: Campaign) -> int:
+    """Accepted manual masks since the last round's cutoff."""
+    with campaign.db.read() as db:
+        cutoff = db.execute("SELECT COALESCE(MAX(mask_cutoff), 0) FROM rounds").fetchone()[0]
+        return int(
+            db.execute(
+                "SELECT COUNT(*) FROM masks WHERE origin = ? AND state = ? AND mask_id > ?",
+                (MANUAL, ACCEPTED, cutoff),
+            ).fetchone()[0]
+        )
+
+
+def round_due(campaign: Campaign) -> bool:
+    """A round is running but unfinished (resume it), or retrain_every masks are new."""
+    every = campaign.config.get("retrain_every")
+    with campaign.db.read() as db:
+        running = db.execute("SELECT 1 FROM rounds WHERE status = 'running'").fetchone()
+    return running is not None or (bool(every) and new_masks(campaign) >= int(every))
+
+
+def registry_root(campaign: Campaign) -> str:
+    configured = campaign.config.rounds.get("registry")
+    return str(configured) if configured else str(campaign.dir.resolve() / "registry")
+
+
+def run_campaign_round(campaign: Campaign, cfg: DictConfig) -> RoundOutcome:
+    """Run (or resume) one round; see the module docstring."""
+    with exclusive(campaign, "round"):
+        round_id, cutoff = _start(campaign)
+        try:
+            return _run(campaign, cfg, round_id, cutoff)
+        except Exception as error:
+            _fail(campaign, round_id, error)
+            raise
+
+
+def _run(campaign: Campaign, cfg: DictConfig, round_id: int, cutoff: int) -> RoundOutcome:
+    tag = f"round_{round_id:03d}"
+    data, eval_data = _export(campaign, tag, cutoff)
+    settings = campaign.config.rounds
+    with campaign.db.read() as db:
+        sha = current_model(db) or ""
+        model_config = model_config_row(db, sha)
+    train = replace(
+        train_config({**_plain(settings.train), "data": data, "output": ""}),
+        model=str(model_config["name"]),
+        init_checkpoint=_weights_file(campaign, model_config, sha),
+    )
+    with ray_session(cfg) if int(settings.workers) > 0 else contextlib.nullcontext():
+        record = run_round(
+            registry_root=registry_root(campaign),
+            train=train,
+            eval_data=eval_data,
+            eval_settings=EvalSettings(**_plain(settings.eval)),
+            workers=int(settings.workers),
+            use_gpu=bool(settings.use_gpu),
+            config_yaml=OmegaConf.to_yaml(campaign.config),
+            reevaluate_parent=True,
+        )
+    if record.promoted:
+        checkpoint = str(Registry(registry_root(campaign)).checkpoint(record.name))
+        publish_model(campaign, {**model_config, "checkpoint": checkpoint}, round_name=record.name)
+    _finish(campaign, round_id, record.name, record.promoted, record.reason, record.metrics)
+    return RoundOutcome(round_id, record.name, record.promoted, record.reason, record.metrics)
+
+
+def _weights_file(campaign: Campaign, model_config: dict[str, Any], sha: str) -> str:
+    """A checkpoint file of the current model to train from (a model made from a seed is
+    saved once into the campaign folder)."""
+    if model_config.get("checkpoint"):
+        return resolve_checkpoint_reference(str(model_config["checkpoint"]))
+    path = campaign.dir / "models" / f"{sha[:16]}.pth"
+    if not path.exists():
+        import torch
+        from hydra.utils import instantiate
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(instantiate(model_config).state_dict(), path)
+    return str(path)
+
+
+def _start(campaign: Campaign) -> tuple[int, int]:
+    """The running round (resumed) or a new one with its mask cutoff fixed now."""
+    with campaign.db.write() as db:
+        running = db.execute(
+            "SELECT round_id, mask_cutoff FROM rounds WHERE status = 'running'"
+        ).fetchone()
+        if running is not None:
+            return int(running["round_id"]), int(running["mask_cutoff"])
+        cutoff = db.execute("SELECT COALESCE(MAX(mask_id), 0) FROM masks").fetchone()[0]
+        cursor = db.execute(
+            "INSERT INTO rounds (status, mask_cutoff, started) VALUES ('running', ?, ?)",
+            (cutoff, now()),
+        )
+        return int(cursor.lastrowid or 0), int(cutoff)
+
+
+def _export(campaign: Campaign, tag: str, cutoff: int) -> tuple[list[str], list[str]]:
+    settings = campaign.config.rounds
+    eval_data = [str(d) for d in _plain(settings.eval_data) or []]
+    every = int(settings.holdout_every)
+    held_out = (lambda image_id: image_id % every == 0) if not eval_data else (lambda _: False)
+    base = f"exports/{tag}"
+    train = export_dataset(
+        campaign,
+        campaign.storage.url(f"{base}/train"),
+        mask_cutoff=cutoff,
+        keep_image=lambda image_id: not held_out(image_id),
+        storage_options=campaign.storage.options,
+        force=True,
+    )
+    if train.images == 0:
+        raise CampaignError("no accepted masks to train on yet")
+    if not eval_data:
+        held = export_dataset(
+            campaign,
+            campaign.storage.url(f"{base}/eval"),
+            mask_cutoff=cutoff,
+            keep_image=held_out,
+            storage_options=campaign.storage.options,
+            force=True,
+        )
+        if held.images == 0:
+            raise CampaignError(
+                f"no held-out images yet (every {every}th annotated image is held out; "
+                "or set rounds.eval_data)"
+            )
+        eval_data = [held.url]
+    return [train.url], eval_data
+
+
+def _finish(
+    campaign: Campaign,
+    round_id: int,
+    name: str,
+    promoted: bool,
+    reason: str,
+    metrics: dict[str, Any],
+) -> None:
+    detail = json.dumps({"reason": reason, "metrics": metrics})
+    with campaign.db.write() as db:
+        db.execute(
+            "UPDATE rounds SET status = 'done', name = ?, finished = ?, promoted = ?, detail = ? "
+            "WHERE round_id = ?",
+            (name, now(), int(promoted), detail, round_id),
+        )
+
+
+def _fail(campaign: Campaign, round_id: int, error: BaseException) -> None:
+    """A round that raised: recorded as failed; the next trigger exports everything again."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    with campaign.db.write() as db:
+        db.execute(
+            "UPDATE rounds SET status = 'failed', finished = ?, detail = ? WHERE round_id = ?",
+            (now(), json.dumps({"error": message}), round_id),
+        )
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
