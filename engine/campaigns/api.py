@@ -34,7 +34,7 @@ from engine.campaigns.masks import (
 from engine.campaigns.queue import check_lease, end_lease, heartbeat, lease_from_row, lease_next
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_BODY_BYTES = 16 * 1024 * 1024  # an uncompressed RLE of a 3000 x 3000 mask fits
 IMMUTABLE = "private, max-age=31536000, immutable"
 
 
@@ -78,29 +78,34 @@ class RejectIn(BaseModel):
     lease_id: str = Field(min_length=1, max_length=100)
 
 
+def annotator(request: Request, authorization: Annotated[str | None, Header()] = None) -> Annotator:
+    """The caller, from `Authorization: Bearer <token>`."""
+    return authenticate(request.app.state.campaign, authorization)
+
+
+def admin(who: Annotated[Annotator, Depends(annotator)]) -> Annotator:
+    if not who.is_admin:
+        raise Forbidden("admins only")
+    return who
+
+
+Who = Annotated[Annotator, Depends(annotator)]
+Admin = Annotated[Annotator, Depends(admin)]
+
+
 def create_app(campaign: Campaign, *, static_dir: Path | None = None) -> FastAPI:
     """The API of one campaign (and the annotation page from `static_dir`, if given)."""
     app = FastAPI(
         title="SA Data Engine campaign",
         description="Annotation campaign API: leases, embeddings, decoders, masks.",
     )
+    app.state.campaign = campaign
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(IsolationHeaders)
 
     @app.exception_handler(RequestError)
     def _refused(_: Request, error: RequestError) -> JSONResponse:
         return JSONResponse({"detail": error.message}, status_code=error.status)
-
-    def annotator(authorization: Annotated[str | None, Header()] = None) -> Annotator:
-        return authenticate(campaign, authorization)
-
-    def admin(who: Annotated[Annotator, Depends(annotator)]) -> Annotator:
-        if not who.is_admin:
-            raise Forbidden("admins only")
-        return who
-
-    Who = Annotated[Annotator, Depends(annotator)]
-    Admin = Annotated[Annotator, Depends(admin)]
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:

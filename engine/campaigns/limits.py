@@ -11,13 +11,9 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimit:
-    """Refuse request bodies over `max_bytes`: by Content-Length when given, else while
-    the body streams in."""
+    """Refuse request bodies over `max_bytes`: by Content-Length when given, else by
+    reading the streamed body (up to the limit) before the application sees it."""
 
     def __init__(self, app: Any, *, max_bytes: int) -> None:
         self.app = app
@@ -29,31 +25,33 @@ class BodyLimit:
             return
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await _too_large(send, self.max_bytes)
-            return
-        seen = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message: Message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge
-            return message
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracked_send)
-        except BodyTooLarge:
-            if not started:
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
                 await _too_large(send, self.max_bytes)
+                return
+            await self.app(scope, receive, send)
+            return
+        body = b""
+        while True:
+            message: Message = await receive()
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await _too_large(send, self.max_bytes)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 async def _too_large(send: Any, max_bytes: int) -> None:
