@@ -116,10 +116,11 @@ def create_app(campaign: Campaign, *, static_dir: Path | None = None) -> FastAPI
         return {"name": who.name, "role": who.role}
 
     @app.post("/api/lease")
-    def lease(who: Who) -> dict[str, Any]:
-        """Lease the next image (or get one's live lease back); {"lease": null} when the
-        queue is empty."""
-        held = lease_next(campaign, who.annotator_id)
+    def lease(who: Who, ahead: bool = False) -> dict[str, Any]:
+        """Lease the next image (or get one's current lease back); {"lease": null} when the
+        queue is empty. ahead=true: a second lease, on the image after the current one, to
+        fetch while annotating (at most two per annotator)."""
+        held = lease_next(campaign, who.annotator_id, ahead=ahead)
         return {"lease": None if held is None else lease_view(campaign, held)}
 
     @app.get("/api/leases/{lease_id}")

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS images (
     lease_id TEXT UNIQUE,
     lease_annotator INTEGER,
     lease_expires REAL,
+    lease_started REAL,
     finished_by INTEGER,
     finished_at REAL,
     prefill_model TEXT               -- stage 2: the models that prefilled it (once)

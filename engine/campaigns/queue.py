@@ -62,21 +62,28 @@ def expire_leases(connection: sqlite3.Connection, at: float) -> int:
         )
     connection.execute(
         "UPDATE images SET status = ?, lease_id = NULL, lease_annotator = NULL, "
-        "lease_expires = NULL WHERE status = ? AND lease_expires <= ?",
+        "lease_expires = NULL, lease_started = NULL WHERE status = ? AND lease_expires <= ?",
         (QUEUED, LEASED, at),
     )
     return len(rows)
 
 
-def lease_next(campaign: Campaign, annotator_id: int) -> Lease | None:
-    """The annotator's live lease, or a new lease on the next image (None: queue empty)."""
+def lease_next(campaign: Campaign, annotator_id: int, *, ahead: bool = False) -> Lease | None:
+    """The annotator's live lease, or a new lease on the next image (None: queue empty).
+
+    ahead: the annotator's second lease (the image after the current one, so a client can
+    fetch it while the current one is being annotated); an annotator holds at most two.
+    Without `ahead` the older lease is the current one."""
     at = now()
     ttl = campaign.queue.lease_ttl_s
     with campaign.db.write() as db:
         expire_leases(db, at)
-        held = db.execute(
-            "SELECT * FROM images WHERE status = ? AND lease_annotator = ?", (LEASED, annotator_id)
-        ).fetchone()
+        leases = db.execute(
+            "SELECT * FROM images WHERE status = ? AND lease_annotator = ? ORDER BY lease_started",
+            (LEASED, annotator_id),
+        ).fetchall()
+        wanted = 1 if ahead else 0
+        held = leases[wanted] if len(leases) > wanted else None
         if held is not None:
             db.execute(
                 "UPDATE images SET lease_expires = ? WHERE image_id = ?",
@@ -88,9 +95,9 @@ def lease_next(campaign: Campaign, annotator_id: int) -> Lease | None:
             return None
         lease_id = secrets.token_urlsafe(18)
         db.execute(
-            "UPDATE images SET status = ?, lease_id = ?, lease_annotator = ?, lease_expires = ? "
-            "WHERE image_id = ?",
-            (LEASED, lease_id, annotator_id, at + ttl, row["image_id"]),
+            "UPDATE images SET status = ?, lease_id = ?, lease_annotator = ?, lease_expires = ?, "
+            "lease_started = ? WHERE image_id = ?",
+            (LEASED, lease_id, annotator_id, at + ttl, at, row["image_id"]),
         )
         record_event(db, "lease", image_id=row["image_id"], annotator_id=annotator_id)
         leased = db.execute(
@@ -191,7 +198,8 @@ def end_lease(
             )
         db.execute(
             "UPDATE images SET status = ?, lease_id = NULL, lease_annotator = NULL, "
-            "lease_expires = NULL, finished_by = ?, finished_at = ? WHERE image_id = ?",
+            "lease_expires = NULL, lease_started = NULL, finished_by = ?, finished_at = ? "
+            "WHERE image_id = ?",
             (status, annotator_id if finish else None, now() if finish else None, image_id),
         )
     return status

@@ -237,3 +237,16 @@ def test_coco_string_runs_match_pycocotools(seed: int) -> None:
     runs = masks_to_rles(torch.from_numpy(mask)[None])[0]["counts"]
     text = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
     assert coco_string_runs(text) == runs
+
+
+def test_a_second_lease_ahead_becomes_current_after_finish(tmp_path: Path) -> None:
+    campaign = bare_campaign(tmp_path / "c", num_images=4)
+    ana, bob = _people(campaign, "ana", "bob")
+    current = lease_next(campaign, ana)
+    following = lease_next(campaign, ana, ahead=True)
+    assert (current.image_id, following.image_id) == (1, 2)
+    assert lease_next(campaign, ana, ahead=True).lease_id == following.lease_id
+    assert lease_next(campaign, ana).lease_id == current.lease_id
+    assert lease_next(campaign, bob).image_id == 3
+    end_lease(campaign, current.lease_id, ana, finish=True, client_id="f")
+    assert lease_next(campaign, ana).lease_id == following.lease_id
