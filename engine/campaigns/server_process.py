@@ -17,13 +17,15 @@ from engine.campaigns.serve import saengine_command, server_url
 START_TIMEOUT_S = 120.0
 
 
-def start_server(campaign: Campaign, *args: str) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `saengine campaign serve <dir> port=0 ...`; returns it and its URL once it
-    answers."""
+def start_server(
+    campaign: Campaign, *args: str, port: int = 0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `saengine campaign serve <dir> port=<port> ...` (0: any free port); returns it
+    and its URL once it answers."""
     log = campaign.runs_dir() / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.log"
     with open(log, "ab") as handle:
         process = subprocess.Popen(
-            [*saengine_command(), "campaign", "serve", str(campaign.dir), "port=0", *args],
+            [*saengine_command(), "campaign", "serve", str(campaign.dir), f"port={port}", *args],
             stdout=handle,
             stderr=subprocess.STDOUT,
         )

@@ -1,0 +1,96 @@
+"""A campaign worked by scripted annotators over HTTP against a real server: 8 concurrent
+annotators, the server killed with kill -9 mid-run and restarted, and the queue's promises
+checked from the database (no image leased to two at once, every acknowledged mask stored
+exactly once, every image finished)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from engine.campaigns.campaign import Campaign
+from engine.campaigns.server_process import start_server
+from tests.engine.campaigns.campaignrun import create, query
+from tests.engine.jobrun import TIMEOUT_S, kill9, run_saengine, saengine_command, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _acknowledged(folder: Path) -> list[dict]:
+    entries = []
+    for path in sorted((folder / "runs").glob("simulate-*.jsonl")):
+        entries += [json.loads(line) for line in path.read_text().splitlines() if line]
+    return entries
+
+
+def _check_leases_never_overlap(folder: Path) -> None:
+    events = query(
+        folder,
+        "SELECT image_id, kind, annotator_id FROM events WHERE kind IN "
+        "('lease', 'finish_image', 'skip_image', 'lease_expired') ORDER BY event_id",
+    )
+    holder: dict[int, int | None] = defaultdict(lambda: None)
+    for image_id, kind, annotator in events:
+        if kind == "lease":
+            assert holder[image_id] is None, f"image {image_id} leased to two at once"
+            holder[image_id] = annotator
+        else:
+            assert holder[image_id] == annotator, (image_id, kind)
+            holder[image_id] = None
+
+
+def test_eight_annotators_and_a_server_killed_mid_run(
+    scenes: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "campaign"
+    create(folder, f"input={scenes['train']}/sa_*.tar", "model=bundled", "onnx.quantize=false")
+    embedded = run_saengine("campaign", "embed", str(folder), "progress=false", "ray.num_cpus=2")
+    assert embedded.returncode == 0, embedded.stderr[-2000:]
+    campaign = Campaign(folder)
+    server, url = start_server(campaign, "embed=false", "rounds=false")
+    port = int(url.rsplit(":", 1)[1])
+    log = (tmp_path / "simulate.log").open("w")
+    simulate = subprocess.Popen(
+        [
+            *saengine_command(),
+            "campaign",
+            "simulate",
+            str(folder),
+            f"truth={scenes['train']}",
+            "annotators=8",
+            f"server={url}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for(lambda: len(_acknowledged(folder)) >= 10, "ten acknowledged masks", simulate)
+    kill9(server.pid)
+    server.wait()
+    acknowledged_at_kill = len(_acknowledged(folder))
+    time.sleep(1.0)
+    server, _ = start_server(campaign, "embed=false", "rounds=false", port=port)
+    try:
+        assert simulate.wait(timeout=TIMEOUT_S) == 0, (tmp_path / "simulate.log").read_text()[
+            -3000:
+        ]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    acknowledged = _acknowledged(folder)
+    assert len(acknowledged) > acknowledged_at_kill, "work went on after the restart"
+    ids = [entry["mask_id"] for entry in acknowledged]
+    assert len(ids) == len(set(ids)), "a mask acknowledged twice"
+    stored = {row[0] for row in query(folder, "SELECT mask_id FROM masks WHERE state = 'accepted'")}
+    assert stored == set(ids), "every acknowledged mask is stored, and nothing else"
+    pairs = query(folder, "SELECT annotator_id, client_id FROM masks")
+    assert len(pairs) == len(set(pairs))
+    _check_leases_never_overlap(folder)
+    statuses = query(folder, "SELECT status, COUNT(*) FROM images GROUP BY status")
+    assert statuses == [("done", 24)]
+    annotators = query(folder, "SELECT COUNT(DISTINCT annotator_id) FROM masks")[0][0]
+    assert annotators >= 4, "the annotators worked concurrently"
