@@ -48,6 +48,7 @@ def _register_config_nodes() -> None:
     from hydra.core.config_store import ConfigStore
 
     from engine.training.trainer import TrainConfig
+    from stages.assisted.annotator import AnnotatorPolicy
 
     store = ConfigStore.instance()
     for name, preset in PRESETS.items():
@@ -59,6 +60,7 @@ def _register_config_nodes() -> None:
         if f.name not in ("data", "output")
     }
     store.store(name="train_settings", node={"data": "???", "output": "???", **train})
+    store.store(name="annotator_policy", node=asdict(AnnotatorPolicy()))
 
 
 def compose_config(config_name: str, overrides: list[str]) -> DictConfig:

@@ -47,11 +47,31 @@ def run_campaign_command(args: list[str], compose: Callable[[str, list[str]], Di
     config_name = "campaign" if name == "create" else f"campaign_{name.replace('-', '_')}"
     if any(arg in ("-h", "--help") for arg in rest):
         text = resources.files("configs").joinpath(f"{config_name}.yaml").read_text()
-        print(f"usage: saengine campaign {name} <dir> key=value ...\n\n{text}")
+        print(f"usage: saengine campaign {name} <dir> key=value ...\n\n{text}{_defaults(name)}")
         return
     if rest and "=" not in rest[0]:
         rest = [f"dir={rest[0]}", *rest[1:]]
     COMMANDS[name](compose(config_name, rest))
+
+
+def _defaults(name: str) -> str:
+    """The settings a command's config takes from Python defaults, listed for --help."""
+    from dataclasses import fields
+
+    if name == "simulate":
+        from stages.assisted.annotator import AnnotatorPolicy
+
+        prefix, settings = "annotator.", fields(AnnotatorPolicy)
+    elif name == "create":
+        from engine.training.trainer import TrainConfig
+
+        prefix, settings = "rounds.train.", fields(TrainConfig)
+    else:
+        return ""
+    listed = "".join(
+        f"  {prefix}{f.name}={f.default}\n" for f in settings if f.name not in ("data", "output")
+    )
+    return f"\nsettings (defaults):\n{listed}"
 
 
 def _create(cfg: DictConfig) -> None:

@@ -287,8 +287,8 @@ def _check_prompts(prompts: dict[str, Any]) -> None:
     if not isinstance(points, list) or len(points) > MAX_PROMPT_POINTS:
         raise BadInput(f"prompts.points must be a list of at most {MAX_PROMPT_POINTS} points")
     for point in points:
-        if not (isinstance(point, list) and len(point) == 3):
+        if not (isinstance(point, (list, tuple)) and len(point) == 3):
             raise BadInput("each prompt point is [x, y, label]")
     box = prompts.get("box")
-    if box is not None and not (isinstance(box, list) and len(box) == 4):
+    if box is not None and not (isinstance(box, (list, tuple)) and len(box) == 4):
         raise BadInput("prompts.box is [x0, y0, x1, y1] or null")

@@ -24,16 +24,25 @@ from stages.assisted.prompts import largest_error_click, mask_iou, noisy_boxes, 
 
 @dataclass(frozen=True)
 class AnnotatorPolicy:
-    """How the simulated person works (seconds are simulated, not waited)."""
+    """How the simulated person works (seconds are simulated, not waited).
+
+    iou_target: accept once the mask reaches this IoU with the true object; max_clicks:
+    click budget per object, then max_strokes brush strokes; min_accept_iou: below this
+    when time is up, skip the object; first_prompt_box: chance that the first prompt is a
+    noisy box rather than a point; seconds_per_click / seconds_per_stroke /
+    seconds_to_find (per object): the simulated costs that make time per mask;
+    seconds_per_image: time budget per image (then finish it: masks per image follow);
+    skip_after_s: move on from an object after this long (the paper's 30 s); min_area:
+    true objects smaller than this (pixels) are not annotated."""
 
     iou_target: float = 0.9
-    max_clicks: int = 10
+    max_clicks: int = 6
     max_strokes: int = 4
     min_accept_iou: float = 0.75
     first_prompt_box: float = 0.5
-    seconds_per_click: float = 2.5
-    seconds_per_stroke: float = 6.0
-    seconds_to_find: float = 3.0
+    seconds_per_click: float = 2.0
+    seconds_per_stroke: float = 4.0
+    seconds_to_find: float = 2.0
     seconds_per_image: float = 300.0
     skip_after_s: float = 30.0
     min_area: int = 16

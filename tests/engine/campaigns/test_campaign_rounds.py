@@ -1,0 +1,143 @@
+"""Stage 1 end to end on synthetic scenes, on a local Ray with CPUs: create, embed, scripted
+annotators, retraining rounds triggered by collected masks while the server runs, the
+campaign's model switched after a promoted round, and the statistics per round."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.campaigns.campaign import Campaign
+from engine.campaigns.server_process import start_server
+from tests.engine.campaigns.campaignrun import create, query
+from tests.engine.jobrun import run_saengine, wait_for
+
+pytestmark = pytest.mark.slow
+
+# A short round: a few steps of the paper's recipe, a small held-out evaluation.
+ROUND = [
+    "rounds.train.steps=6",
+    "rounds.train.batch_size=2",
+    "rounds.train.masks_per_image=4",
+    "rounds.train.num_iterations=3",
+    "rounds.train.warmup_steps=1",
+    "rounds.train.lr=2e-4",
+    "rounds.eval.max_images=8",
+    "rounds.eval.max_masks=4",
+    "rounds.eval.points_per_side=4",
+]
+
+
+def _simulate(folder: Path, truth: Path, url: str, *extra: str) -> str:
+    result = run_saengine(
+        "campaign", "simulate", str(folder), f"truth={truth}", f"server={url}", *extra
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_rounds_triggered_by_masks_switch_the_model(
+    scenes: dict[str, Path], tmp_path: Path
+) -> None:
+    """From an untrained model (random vit_mini weights), the first round trained on the
+    collected masks is better on held-out scenes, so it is promoted: the campaign exports
+    its decoder, the embed job recomputes embeddings of images not yet done, and the next
+    leases are served with the new model."""
+    folder = tmp_path / "campaign"
+    create(
+        folder,
+        f"input={scenes['train']}/sa_*.tar",
+        "model=bundled",
+        "model.checkpoint=null",
+        "model.random_seed=0",
+        "onnx.quantize=false",
+        "retrain_every=12",
+        f"rounds.eval_data=[{scenes['val']}]",
+        "embed.ahead=24",
+        "ray.num_cpus=2",
+        *ROUND,
+    )
+    campaign = Campaign(folder)
+    server, url = start_server(campaign)  # with the embed job and rounds beside it
+    try:
+        wait_for(lambda: query(folder, "SELECT COUNT(*) FROM embeddings")[0][0] >= 24, "embeddings")
+        _simulate(
+            folder, scenes["train"], url, "annotators=2", "max_images=4", "wait_for_rounds=true"
+        )
+        rounds = query(folder, "SELECT status, promoted, detail FROM rounds")
+        assert rounds and rounds[0][:2] == ("done", 1), rounds
+        versions = query(folder, "SELECT version, sha256, round FROM models ORDER BY version")
+        assert len(versions) >= 2 and versions[1][2] == "round_001"
+        new_sha = versions[-1][1]
+        assert (folder / "models" / new_sha[:16] / "decoder.onnx").is_file()
+        waiting = query(folder, "SELECT COUNT(*) FROM images WHERE status = 'queued'")[0][0]
+        wait_for(
+            lambda: (
+                query(folder, "SELECT COUNT(*) FROM embeddings WHERE model_sha256 = ?", new_sha)[0][
+                    0
+                ]
+                >= waiting
+            ),
+            "embeddings of the new model for the images not yet done",
+        )
+        _simulate(folder, scenes["train"], url, "annotators=1", "max_images=2")
+        used = query(
+            folder,
+            "SELECT DISTINCT m.model_sha256 FROM masks m JOIN images i USING (image_id) "
+            "WHERE i.finished_at = (SELECT MAX(finished_at) FROM images)",
+        )
+        assert used == [(new_sha,)], "masks made after the switch are assisted by the new model"
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def test_stage_1_end_to_end_with_two_triggered_rounds(
+    scenes: dict[str, Path], tmp_path: Path
+) -> None:
+    """The bundled model in the loop: annotators work in three batches; rounds trigger
+    every 15 masks; stats report each model version's clicks and time per mask."""
+    folder = tmp_path / "campaign"
+    create(
+        folder,
+        f"input={scenes['train']}/sa_*.tar",
+        "model=bundled",
+        "onnx.quantize=false",
+        "retrain_every=15",
+        f"rounds.eval_data=[{scenes['val']}]",
+        "ray.num_cpus=2",
+        *ROUND,
+    )
+    campaign = Campaign(folder)
+    server, url = start_server(campaign)
+    try:
+        for batch in range(3):
+            _simulate(
+                folder,
+                scenes["train"],
+                url,
+                "annotators=2",
+                "max_images=5",
+                "wait_for_rounds=true",
+                f"seed={batch}",
+            )
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    done = query(folder, "SELECT COUNT(*) FROM rounds WHERE status = 'done'")[0][0]
+    assert done >= 2
+    result = run_saengine("campaign", "stats", str(folder), "json=true")
+    assert result.returncode == 0, result.stderr[-2000:]
+    stats = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    masks = query(folder, "SELECT COUNT(*) FROM masks WHERE state = 'accepted'")[0][0]
+    assert sum(row["manual_masks"] for row in stats["rounds"].values()) == masks
+    assert sum(row["manual_masks"] for row in stats["annotators"].values()) == masks
+    first = stats["rounds"]["0"]
+    assert first["clicks_per_mask"] >= 1 and first["median_seconds_per_mask"] > 0
+    assert (folder / "stats.png").stat().st_size > 10_000
+    exported = run_saengine("campaign", "export", str(folder), f"output={tmp_path / 'export'}")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    inspected = run_saengine("inspect", str(tmp_path / "export"))
+    assert inspected.returncode == 0, inspected.stdout[-2000:]
