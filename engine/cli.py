@@ -47,6 +47,7 @@ def _register_config_nodes() -> None:
     the generator presets and the training settings."""
     from hydra.core.config_store import ConfigStore
 
+    from engine.training.rounds import EvalSettings
     from engine.training.trainer import TrainConfig
     from stages.assisted.annotator import AnnotatorPolicy
 
@@ -61,6 +62,7 @@ def _register_config_nodes() -> None:
     }
     store.store(name="train_settings", node={"data": "???", "output": "???", **train})
     store.store(name="annotator_policy", node=asdict(AnnotatorPolicy()))
+    store.store(name="eval_settings", node=asdict(EvalSettings()))
 
 
 def compose_config(config_name: str, overrides: list[str]) -> DictConfig:

@@ -26,16 +26,21 @@ from stages.automatic import GeneratorConfig
 class EvalSettings:
     """What the round evaluates: up to max_images held-out images and max_masks masks each;
     the generator's recall with points_per_side points. metric: the one that decides
-    promotion (higher is better)."""
+    promotion (higher is better). promote: 'better' promotes a model that beats its parent
+    on the metric; 'always' promotes every round's model (the metrics are still recorded,
+    for teams that judge the models themselves)."""
 
     max_images: int = 32
     max_masks: int = 16
     points_per_side: int = 16
     metric: str = "point_miou"
+    promote: str = "better"
 
     def __post_init__(self) -> None:
         if self.metric not in EvalResult.__dataclass_fields__ or self.metric.startswith("noc"):
             raise ValueError(f"eval.metric must be a higher-is-better metric, got {self.metric!r}")
+        if self.promote not in ("better", "always"):
+            raise ValueError(f"eval.promote must be better or always, got {self.promote!r}")
 
 
 def evaluate_checkpoint(
@@ -88,6 +93,8 @@ def run_round(
     elif start:
         parent_metrics = evaluate_checkpoint(config.model, start, eval_data, eval_settings)
     promoted, reason = _decide(metrics, parent_metrics, eval_settings.metric, parent or start)
+    if eval_settings.promote == "always" and not promoted:
+        promoted, reason = True, f"promote=always ({reason.split(':')[0]})"
     record = RoundRecord(
         name=name,
         model=config.model,

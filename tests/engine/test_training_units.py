@@ -195,3 +195,11 @@ def test_global_batches_are_seeded_and_split_between_workers() -> None:
     assert sorted(epoch) == list(range(10))  # each sample once per epoch
     parts = [worker_share(first, rank, 2) for rank in range(2)]
     assert sorted(parts[0] + parts[1]) == sorted(first) and not set(parts[0]) & set(parts[1])
+
+
+def test_eval_settings_check_the_promotion_rule() -> None:
+    from engine.training.rounds import EvalSettings
+
+    assert EvalSettings(promote="always").promote == "always"
+    with pytest.raises(ValueError, match="promote"):
+        EvalSettings(promote="sometimes")
