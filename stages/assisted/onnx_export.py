@@ -18,11 +18,13 @@ Both files use only operators of the default ONNX domain that onnxruntime's CPU 
 
 from __future__ import annotations
 
+import logging
 import os
-import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -52,6 +54,61 @@ _EXAMPLE_SIZE = (534.0, 800.0)
 
 class ExportError(ValueError):
     """An export that cannot be done as asked (bad opset, unwritable path)."""
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What `saengine export-onnx` (and a campaign, once per model version) writes.
+    output: the fp32 .onnx file; quantize: also write the quantized variant, at
+    quantized_output (default: <output without .onnx>.quant.onnx beside it)."""
+
+    output: str
+    quantize: bool = False
+    quantized_output: str | None = None
+    opset: int = DEFAULT_OPSET
+
+    def __post_init__(self) -> None:
+        if not self.output:
+            raise ValueError("output must be a file name, e.g. output=decoder.onnx")
+        if not isinstance(self.quantize, bool):
+            raise ValueError(f"quantize must be true or false, got {self.quantize!r}")
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int):
+            raise ValueError(f"opset must be an integer, got {self.opset!r}")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ValueError(f"opset must be between {MIN_OPSET} and {MAX_OPSET}, got {self.opset}")
+        if self.quantized_output is not None and self.quantized_output == self.output:
+            raise ValueError(f"quantized_output must differ from output ({self.output})")
+
+    def quantized_path(self) -> Path:
+        if self.quantized_output:
+            return Path(self.quantized_output)
+        output = Path(self.output)
+        stem = output.name[: -len(".onnx")] if output.name.endswith(".onnx") else output.name
+        return output.with_name(f"{stem}.quant.onnx")
+
+
+@dataclass(frozen=True)
+class DecoderFiles:
+    """The files of one export: fp32 and, when asked for, the quantized variant."""
+
+    fp32: Path
+    quantized: Path | None
+
+
+def export_decoder_files(
+    sam: Sam, settings: ExportSettings, *, model_name: str = "", weights_sha256: str = ""
+) -> DecoderFiles:
+    """Export `sam`'s decoder as `settings` say (the fp32 file, then its quantized
+    variant); metadata as in `export_decoder_onnx`."""
+    output = Path(settings.output)
+    check_output_path(output)
+    fp32 = export_decoder_onnx(
+        sam, output, opset=settings.opset, model_name=model_name, weights_sha256=weights_sha256
+    )
+    quantized = (
+        quantize_decoder_onnx(fp32, settings.quantized_path()) if settings.quantize else None
+    )
+    return DecoderFiles(fp32=fp32, quantized=quantized)
 
 
 def export_decoder_onnx(
@@ -106,8 +163,7 @@ def quantize_decoder_onnx(src: str | Path, dst: str | Path) -> Path:
     source, target = Path(src), Path(dst)
     if not source.is_file():
         raise FileNotFoundError(f"no exported decoder at {source}")
-    with _temporary_beside(target) as temporary, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _temporary_beside(target) as temporary, _quiet():
         quantize_dynamic(
             source,
             temporary,
@@ -184,17 +240,40 @@ def _set_metadata(
 
 
 @contextmanager
+def _quiet() -> Iterator[None]:
+    """Without the quantizer's advice on the root logger and its warnings."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+@contextmanager
 def _temporary_beside(target: Path) -> Iterator[Path]:
-    """A temporary file name in the target's folder (created if missing), removed unless
-    the caller renamed it onto the target."""
+    """A fresh file name in the target's folder (created if missing), removed unless the
+    caller renamed it onto the target."""
+    check_output_path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     except OSError as error:
-        raise ExportError(f"cannot write {target}: {error.strerror or error}") from error
-    os.close(handle)
-    temporary = Path(name)
+        raise ExportError(f"cannot create {target.parent}: {error.strerror or error}") from error
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield temporary
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def check_output_path(target: Path) -> None:
+    """Refuse a target that is a folder or lies under a file, before any work is done."""
+    if target.is_dir():
+        raise ExportError(f"output {target} is a folder; give a file such as {target}/decoder.onnx")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ExportError(f"cannot write {target}: {parent} is not a folder")
+            break
