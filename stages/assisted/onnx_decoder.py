@@ -112,20 +112,14 @@ class OnnxDecoder:
         model = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.embedding_shape = self._input_shape("image_embeddings")
-        self.mask_input_shape = self._input_shape("mask_input")
+        shapes = {i.name: i.shape for i in self.session.get_inputs()}
+        if tuple(shapes) != INPUT_NAMES:
+            raise DecoderInputError(f"not a decoder of this contract: inputs {list(shapes)}")
+        self.embedding_shape = _fixed(shapes["image_embeddings"])
+        self.mask_input_shape = _fixed(shapes["mask_input"])
         grid = self.metadata.get(META_EMBEDDING_SIZE)
         if grid and grid != f"{self.embedding_shape[2]}x{self.embedding_shape[3]}":
             raise DecoderInputError(f"metadata embedding_size {grid} differs from the graph")
-
-    def _input_shape(self, name: str) -> tuple[int, ...]:
-        found = {i.name: i.shape for i in self.session.get_inputs()}
-        if tuple(found) != INPUT_NAMES:
-            raise DecoderInputError(f"not a decoder of this contract: inputs {list(found)}")
-        shape = found[name]
-        if not all(isinstance(d, int) for d in shape):
-            raise DecoderInputError(f"input {name} has no fixed shape: {shape}")
-        return tuple(int(d) for d in shape)
 
     def run(
         self,
@@ -172,6 +166,12 @@ class OnnxDecoder:
                 f"mask_input must have shape {self.mask_input_shape[2:]}, got {mask.shape}"
             )
         return {"mask_input": mask[None, None], "has_mask_input": np.ones(1, np.float32)}
+
+
+def _fixed(shape: list) -> tuple[int, ...]:
+    if not all(isinstance(d, int) for d in shape):
+        raise DecoderInputError(f"decoder input without a fixed shape: {shape}")
+    return tuple(int(d) for d in shape)
 
 
 def _orig_size(size: tuple[int, int]) -> np.ndarray:
