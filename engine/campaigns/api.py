@@ -100,11 +100,15 @@ Who = Annotated[Annotator, Depends(annotator)]
 Admin = Annotated[Annotator, Depends(admin)]
 
 
-def create_app(campaign: Campaign, *, static_dir: Path | None = None) -> FastAPI:
-    """The API of one campaign (and the annotation page from `static_dir`, if given)."""
+def create_app(
+    campaign: Campaign, *, static_dir: Path | None = None, lifespan: Any = None
+) -> FastAPI:
+    """The API of one campaign (and the annotation page from `static_dir`, if given);
+    lifespan: an async context manager run around serving (background jobs)."""
     app = FastAPI(
         title="SA Data Engine campaign",
         description="Annotation campaign API: leases, embeddings, decoders, masks.",
+        lifespan=lifespan,
     )
     app.state.campaign = campaign
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)

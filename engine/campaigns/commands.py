@@ -51,6 +51,9 @@ def run_campaign_command(args: list[str], compose: Callable[[str, list[str]], Di
         return
     if rest and "=" not in rest[0]:
         rest = [f"dir={rest[0]}", *rest[1:]]
+    from engine.campaigns.serve import end_with_parent
+
+    end_with_parent()
     COMMANDS[name](compose(config_name, rest))
 
 

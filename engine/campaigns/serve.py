@@ -8,13 +8,18 @@ server's URL once it listens.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,8 @@ from engine.campaigns.campaign import Campaign
 from engine.campaigns.rounds import round_due
 
 SERVER_FILE = "server.json"
+PR_SET_PDEATHSIG = 1
+PARENT_ENV = "SAENGINE_SERVER_PID"
 SUPERVISE_EVERY_S = 2.0
 RESTART_BACKOFF_S = 10.0
 
@@ -55,7 +62,8 @@ class Child:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         command = [*saengine_command(), "campaign", self.name, str(self.campaign.dir), *self.args]
         with open(self.campaign.runs_dir() / f"{self.name}-{stamp}.log", "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            env = {**os.environ, PARENT_ENV: str(os.getpid())}
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -106,7 +114,17 @@ def serve(
     """Serve until interrupted; port 0 picks a free port (see runs/server.json)."""
     import uvicorn
 
-    app = create_app(campaign, static_dir=static_dir)
+    supervisor = Supervisor(campaign, embed=embed, rounds=rounds)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        supervisor.start()
+        yield
+        # Graceful shutdown (SIGTERM, Ctrl-C): uvicorn re-raises the signal afterwards.
+        supervisor.stop()
+        (campaign.runs_dir() / SERVER_FILE).unlink(missing_ok=True)
+
+    app = create_app(campaign, static_dir=static_dir, lifespan=lifespan)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -114,16 +132,24 @@ def serve(
     bound = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
-    supervisor = Supervisor(campaign, embed=embed, rounds=rounds)
     url = f"http://{'localhost' if host in ('0.0.0.0', '127.0.0.1', '::') else host}:{bound}"
     _write_server_file(campaign, {"url": url, "pid": os.getpid(), "host": host, "port": bound})
     print(f"campaign {campaign.dir} served at {url} (API docs: {url}/docs)", flush=True)
-    supervisor.start()
-    try:
-        server.run(sockets=[sock])
-    finally:
-        supervisor.stop()
-        (campaign.runs_dir() / SERVER_FILE).unlink(missing_ok=True)
+    server.run(sockets=[sock])
+
+
+def end_with_parent() -> None:
+    """Called first thing in a background job the server started (PARENT_ENV names the
+    server's pid): the kernel sends the job SIGTERM when the server process ends, however
+    it ends (also kill -9), so no job outlives its server; a restarted server starts them
+    again (an interrupted round resumes)."""
+    expected = os.environ.pop(PARENT_ENV, None)
+    if expected is None:
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(expected):  # the server ended before the call above
+        raise SystemExit(0)
 
 
 def _write_server_file(campaign: Campaign, info: dict[str, Any]) -> None:

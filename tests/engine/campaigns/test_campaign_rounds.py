@@ -12,21 +12,21 @@ import pytest
 from engine.campaigns.campaign import Campaign
 from engine.campaigns.server_process import start_server
 from tests.engine.campaigns.campaignrun import create, query
-from tests.engine.jobrun import run_saengine, wait_for
+from tests.engine.jobrun import processes_named, run_saengine, wait_for
 
 pytestmark = pytest.mark.slow
 
 # A short round: a few steps of the paper's recipe, a small held-out evaluation.
 ROUND = [
-    "rounds.train.steps=6",
+    "rounds.train.steps=2",
     "rounds.train.batch_size=2",
-    "rounds.train.masks_per_image=4",
-    "rounds.train.num_iterations=3",
+    "rounds.train.masks_per_image=2",
+    "rounds.train.num_iterations=2",
     "rounds.train.warmup_steps=1",
-    "rounds.train.lr=2e-4",
-    "rounds.eval.max_images=8",
-    "rounds.eval.max_masks=4",
-    "rounds.eval.points_per_side=4",
+    "rounds.train.lr=1e-4",
+    "rounds.eval.max_images=4",
+    "rounds.eval.max_masks=2",
+    "rounds.eval.points_per_side=2",
 ]
 
 
@@ -92,6 +92,8 @@ def test_rounds_triggered_by_masks_switch_the_model(
     finally:
         server.terminate()
         server.wait(timeout=60)
+    wait_for(lambda: not processes_named(f"campaign embed {folder}"), "the embed job to end")
+    wait_for(lambda: not processes_named(f"campaign round {folder}"), "rounds to end")
 
 
 def test_stage_1_end_to_end_with_two_triggered_rounds(

@@ -16,7 +16,14 @@ import pytest
 from engine.campaigns.campaign import Campaign
 from engine.campaigns.server_process import start_server
 from tests.engine.campaigns.campaignrun import create, query
-from tests.engine.jobrun import TIMEOUT_S, kill9, run_saengine, saengine_command, wait_for
+from tests.engine.jobrun import (
+    TIMEOUT_S,
+    kill9,
+    processes_named,
+    run_saengine,
+    saengine_command,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -52,8 +59,9 @@ def test_eight_annotators_and_a_server_killed_mid_run(
     embedded = run_saengine("campaign", "embed", str(folder), "progress=false", "ray.num_cpus=2")
     assert embedded.returncode == 0, embedded.stderr[-2000:]
     campaign = Campaign(folder)
-    server, url = start_server(campaign, "embed=false", "rounds=false")
+    server, url = start_server(campaign, "rounds=false")  # with the embed job beside it
     port = int(url.rsplit(":", 1)[1])
+    wait_for(lambda: processes_named(f"campaign embed {folder}"), "the embed job", server)
     log = (tmp_path / "simulate.log").open("w")
     simulate = subprocess.Popen(
         [
@@ -72,6 +80,8 @@ def test_eight_annotators_and_a_server_killed_mid_run(
     kill9(server.pid)
     server.wait()
     acknowledged_at_kill = len(_acknowledged(folder))
+    # the server's background job ends with it (it would otherwise hold the embed lock)
+    wait_for(lambda: not processes_named(f"campaign embed {folder}"), "the embed job to end")
     time.sleep(1.0)
     server, _ = start_server(campaign, "embed=false", "rounds=false", port=port)
     try:
