@@ -109,20 +109,21 @@ def _figures(
 
 def format_stats(stats: dict[str, Any]) -> str:
     columns = ("masks/img", "s/mask", "clicks", "skipped", "masks", "images")
-    header = " ".join([f"{'':18}", *(f"{name:>9}" for name in columns)])
+    width = max([18, *(len(name) for name in stats["annotators"])])
+    header = " ".join([" " * width, *(f"{name:>9}" for name in columns)])
     lines = [
         f"images: {dict(sorted(stats['images'].items()))}",
         "per model version (round):",
         header,
     ]
     for version, row in stats["rounds"].items():
-        lines.append(_row(f"v{version} {row['round']}", row))
+        lines.append(_row(f"v{version} {row['round']}", row, width))
     lines += ["per annotator:", header]
-    lines += [_row(name, row) for name, row in stats["annotators"].items()]
+    lines += [_row(name, row, width) for name, row in stats["annotators"].items()]
     return "\n".join(lines)
 
 
-def _row(label: str, row: dict[str, Any]) -> str:
+def _row(label: str, row: dict[str, Any], width: int) -> str:
     def show(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
@@ -134,7 +135,7 @@ def _row(label: str, row: dict[str, Any]) -> str:
         str(row["manual_masks"]),
         str(row["finished_images"]),
     ]
-    return " ".join([f"{label[:18]:18}", *(f"{cell:>9}" for cell in cells)])
+    return " ".join([label.ljust(width), *(f"{cell:>9}" for cell in cells)])
 
 
 def plot_stats(stats: dict[str, Any], path: Path) -> Path:

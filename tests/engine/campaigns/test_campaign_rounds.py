@@ -99,8 +99,9 @@ def test_rounds_triggered_by_masks_switch_the_model(
 def test_stage_1_end_to_end_with_two_triggered_rounds(
     scenes: dict[str, Path], tmp_path: Path
 ) -> None:
-    """The bundled model in the loop: annotators work in three batches; rounds trigger
-    every 15 masks; stats report each model version's clicks and time per mask."""
+    """The bundled model in the loop: annotators work in two batches; a round triggers
+    after each (every 15 masks); stats report each model version's clicks and time per
+    mask, and the export is a valid SA-1B dataset."""
     folder = tmp_path / "campaign"
     create(
         folder,
