@@ -54,6 +54,7 @@ def _register_config_nodes() -> None:
     from engine.training.rounds import EvalSettings
     from engine.training.trainer import TrainConfig
     from stages.assisted.annotator import AnnotatorPolicy
+    from stages.semi.prefill import PrefillFilter
 
     store = ConfigStore.instance()
     for name, preset in PRESETS.items():
@@ -67,6 +68,7 @@ def _register_config_nodes() -> None:
     store.store(name="train_settings", node={"data": "???", "output": "???", **train})
     store.store(name="annotator_policy", node=asdict(AnnotatorPolicy()))
     store.store(name="eval_settings", node=asdict(EvalSettings()))
+    store.store(name="prefill_filter", node=asdict(PrefillFilter()))
 
 
 def compose_config(config_name: str, overrides: list[str]) -> DictConfig:

@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from engine.campaigns.campaign import Campaign, CampaignError
+from engine.campaigns.campaign import STAGES, Campaign, CampaignError
 
 USAGE = """usage: saengine campaign <command> <dir> [key=value ...]
 
@@ -27,6 +27,8 @@ commands:
   embed           compute embeddings with the current model on Ray (follow=true: keep ahead)
   serve           the API and annotation page (host=, port=), with embed job and rounds beside it
   simulate        truth=<dataset> annotators=N: scripted annotators over the HTTP API
+  set-stage       stage=semi detector=<file>: images not yet annotated move to stage 2
+  prefill         stage 2: the detector's boxes -> SAM masks, stored as prefilled (on Ray)
   round           one retraining round now (export, train, promote, switch model)
   export          output=<dir>: the accepted masks as an SA-1B dataset
   stats           masks per image, time and clicks per mask, skipped objects, per round
@@ -166,6 +168,57 @@ def _embed(cfg: DictConfig) -> None:
     print(f"embedded {report.embedded} images ({report.failed} failed)")
 
 
+def _prefill(cfg: DictConfig) -> None:
+    from engine.campaigns.prefill import run_prefill
+
+    campaign = Campaign(str(cfg.dir))
+    bar = tqdm(desc="prefill", unit="img", disable=not bool(cfg.progress), dynamic_ncols=True)
+
+    def progress(done: int, failed: int, todo: int) -> None:
+        if todo:
+            bar.total = done + failed + todo
+        bar.n = done + failed
+        bar.set_postfix_str(f"{failed} failed", refresh=True)
+
+    with bar:
+        done, failed = run_prefill(
+            campaign,
+            _job_config(campaign, cfg),
+            follow=bool(cfg.follow),
+            detector=None if cfg.detector is None else str(cfg.detector),
+            on_progress=progress,
+        )
+    print(f"prefilled {done} images ({failed} failed)")
+
+
+def _set_stage(cfg: DictConfig) -> None:
+    from engine.campaigns.prefill import (
+        campaign_detector,
+        prefill_settings,
+        set_campaign_detector,
+    )
+    from engine.campaigns.queue import QUEUED
+
+    campaign = Campaign(str(cfg.dir))
+    stage = str(cfg.stage)
+    if stage not in STAGES:
+        raise CampaignError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    if stage == "semi":
+        detector = None if cfg.detector is None else str(cfg.detector)
+        prefill_settings(campaign, detector)  # the detector must exist and load
+        if detector is not None:
+            set_campaign_detector(campaign, detector)
+    with campaign.db.write() as db:
+        moved = db.execute(
+            "UPDATE images SET stage = ? WHERE status = ? AND prefill_model IS NULL",
+            (STAGES[stage], QUEUED),
+        ).rowcount
+    print(
+        f"{moved} images not yet annotated are now stage {STAGES[stage]} ({stage})"
+        + (f"; detector {campaign_detector(campaign)}" if stage == "semi" else "")
+    )
+
+
 def _job_config(campaign: Campaign, cfg: DictConfig) -> DictConfig:
     """The campaign's ray/resources settings with the command line's non-null ones over them."""
     merged = OmegaConf.create({"ray": campaign.config.ray, "resources": campaign.config.resources})
@@ -284,6 +337,8 @@ COMMANDS: dict[str, Callable[[DictConfig], None]] = {
     "embed": _embed,
     "serve": _serve,
     "simulate": _simulate,
+    "set-stage": _set_stage,
+    "prefill": _prefill,
     "round": _round,
     "export": _export,
     "stats": _stats,

@@ -49,8 +49,9 @@ def pending_images(
     keeping at most `ahead` queued images embedded (None: all of them). Images in `failed`
     (whose embedding failed in this job) are left out."""
     with campaign.db.read() as db:
-        missing = (
-            "SELECT i.image_id, i.key, i.status FROM images i WHERE i.status = ? AND NOT EXISTS "
+        missing = (  # stage-2 images get their first embedding from the prefill job
+            "SELECT i.image_id, i.key, i.status FROM images i WHERE i.status = ? "
+            "AND (i.stage = 1 OR i.prefill_model IS NOT NULL) AND NOT EXISTS "
             "(SELECT 1 FROM embeddings e WHERE e.image_id = i.image_id AND e.model_sha256 = ?) "
             "ORDER BY i.image_id"
         )

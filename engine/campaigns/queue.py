@@ -3,8 +3,8 @@
 An image is leased to one annotator at a time. A lease that is not renewed within the TTL
 expires: the image returns to the queue (everything accepted on it stays). An annotator
 holding a live lease gets the same lease back when asking again (a reloaded page). Images
-whose embedding for the current model is ready (and, in stage 2, whose prefill is done) go
-first, then the rest in image order. Skip image ends a lease and returns the image to the
+whose embedding for the current model is ready go first, then the rest in image order;
+stage-2 images only once prefilled. Skip image ends a lease and returns the image to the
 queue for the others; an image skipped by `max_image_skips` annotators is set aside.
 Finish image ends a lease and marks the image done.
 """
@@ -124,7 +124,7 @@ def _next_image(db: sqlite3.Connection, annotator_id: int, model: str | None) ->
     if ready is not None:
         return ready
     row: sqlite3.Row | None = db.execute(
-        f"SELECT i.* FROM images i WHERE i.status = :queued AND {_NOT_SKIPPED} "
+        f"SELECT i.* FROM images i WHERE i.status = :queued AND {_READY} AND {_NOT_SKIPPED} "
         "ORDER BY i.image_id LIMIT 1",
         params,
     ).fetchone()

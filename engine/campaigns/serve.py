@@ -27,6 +27,20 @@ from engine.campaigns.api import create_app
 from engine.campaigns.campaign import Campaign
 from engine.campaigns.rounds import round_due
 
+
+def prefill_wanted(campaign: Campaign) -> bool:
+    """Stage-2 images wait for their prefill, and a detector is configured."""
+    from engine.campaigns.prefill import campaign_detector
+
+    if campaign_detector(campaign) is None:
+        return False
+    with campaign.db.read() as db:
+        waiting = db.execute(
+            "SELECT 1 FROM images WHERE stage = 2 AND prefill_model IS NULL AND status = 'queued'"
+        ).fetchone()
+    return waiting is not None
+
+
 SERVER_FILE = "server.json"
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "SAENGINE_SERVER_PID"
@@ -81,6 +95,9 @@ class Supervisor(threading.Thread):
         super().__init__(name="campaign-supervisor", daemon=True)
         self.campaign = campaign
         self.embed = Child(campaign, "embed", ["follow=true", "progress=false"]) if embed else None
+        self.prefill = (
+            Child(campaign, "prefill", ["follow=true", "progress=false"]) if embed else None
+        )
         self.round = Child(campaign, "round", []) if rounds else None
         self.stopping = threading.Event()
 
@@ -91,12 +108,14 @@ class Supervisor(threading.Thread):
     def tick(self) -> None:
         if self.embed is not None:
             self.embed.start()
+        if self.prefill is not None and prefill_wanted(self.campaign):
+            self.prefill.start()
         if self.round is not None and not self.round.running() and round_due(self.campaign):
             self.round.start()
 
     def stop(self) -> None:
         self.stopping.set()
-        for child in (self.embed, self.round):
+        for child in (self.embed, self.prefill, self.round):
             if child is not None:
                 child.stop()
 

@@ -1,0 +1,383 @@
+"""`saengine campaign prefill`: stage 2's prefilled masks, on Ray, once per image.
+
+Per stage-2 image not yet prefilled: the stored image through the generation pipeline's
+decode task, then a prefill worker actor (SAM and the detector loaded once): the image
+embedding (stored for the annotators, as the embed job would), the detector's confident
+boxes on it, SAM's masks for those boxes filtered by `stages.semi.prefill`; the masks come
+back as COCO RLE. One database transaction per image stores its embedding row, its
+prefilled masks (origin prefilled, state proposed, with the detector's score and both
+models' SHA-256) and marks the image prefilled: a job killed at any point redoes only the
+images without that mark, and no image is prefilled twice. Stage-2 images are leased only
+once prefilled. `follow=true` (run by `serve` for campaigns with stage-2 images) keeps
+prefilling as images arrive and switches to a newly published SAM version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from engine.campaigns.campaign import Campaign, CampaignError, exclusive
+from engine.campaigns.db import now
+from engine.campaigns.embed import store_embedding
+from engine.campaigns.masks import PREFILLED, PROPOSED, mask_shape
+from engine.campaigns.queue import QUEUED, current_model
+from engine.campaigns.versions import model_config_row
+from engine.cluster import ray_session
+from engine.embeddings import Embedding, embed_image
+from engine.generation.pipeline import Resources
+from engine.generation.workers import Failure, ModelWorker, decode_source
+from engine.images import DecodedImage, ImageOptions
+from engine.sources import ImageSource
+from model import SamPredictor
+from model.checkpoint import sha256_of
+from stages.automatic import GeneratorConfig
+from stages.semi.prefill import PrefillFilter, masks_from_boxes
+
+
+@dataclass(frozen=True)
+class PrefillSettings:
+    """detector: the detector file (or `<registry>/detector/latest`); score_thresh: the
+    detections kept (None: the detector's confident threshold); filter: the masks kept."""
+
+    detector: str
+    score_thresh: float | None = None
+    filter: PrefillFilter = PrefillFilter()
+
+
+@dataclass
+class PrefillResult:
+    embedding: Embedding
+    masks: list[dict[str, Any]]
+    detections: int
+
+
+class PrefillWorker(ModelWorker):
+    """A model worker that also holds the detector (and, when the detector was trained on
+    another SAM's embeddings, that SAM's encoder for detection)."""
+
+    def __init__(
+        self,
+        *,
+        model_config: dict[str, Any],
+        settings: PrefillSettings,
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        from stages.semi import load_detector
+
+        super().__init__(
+            model_config=model_config,
+            generator_config=GeneratorConfig(),
+            device=device,
+            threads=threads,
+        )
+        if self.init_error:
+            return
+        self.settings = settings
+        self.detector, self.metadata = load_detector(settings.detector, device=device)
+        self.detector_sha256 = sha256_of(Path(settings.detector))
+        self.detection = self._detection_predictor(device)
+
+    def _detection_predictor(self, device: str) -> SamPredictor | None:
+        from hydra.utils import instantiate
+
+        from engine.models import weights_sha256
+
+        own = weights_sha256(self.generator.predictor.model)
+        if self.metadata.sam_weights_sha256 == own:
+            return None
+        if not self.metadata.sam_model:
+            raise CampaignError("the detector does not say which SAM made its embeddings")
+        return SamPredictor(instantiate(self.metadata.sam_model).to(device))
+
+    def prefill(self, decoded: DecodedImage | Failure) -> PrefillResult | Failure:
+        if isinstance(decoded, Failure):
+            return decoded
+        from stages.semi import detect
+
+        started = time.perf_counter()
+        self.first_start = self.first_start or started
+        predictor = self.generator.predictor
+        try:
+            embedding = embed_image(predictor, decoded.rgb)
+            features = embedding.array
+            if self.detection is not None:
+                features = embed_image(self.detection, decoded.rgb).array
+            boxes, scores = detect(
+                self.detector,
+                features,
+                original_size=decoded.size_hw,
+                score_thresh=self.settings.score_thresh,
+            )
+            kept = masks_from_boxes(predictor, boxes, scores, self.settings.filter)
+            return PrefillResult(embedding, [_mask_row(m) for m in kept], len(boxes))
+        except (RuntimeError, ValueError) as error:
+            return Failure(f"prefill failed: {str(error).splitlines()[0] if str(error) else error}")
+        finally:
+            predictor.reset_image()
+            self.last_end = time.perf_counter()
+            self.busy_seconds += self.last_end - started
+            self.num_images += 1
+
+
+def _mask_row(prefilled: Any) -> dict[str, Any]:
+    shape = mask_shape(prefilled.mask)
+    return {
+        **asdict(shape),
+        "box": prefilled.box_xyxy,
+        "detector_score": prefilled.detector_score,
+        "predicted_iou": prefilled.predicted_iou,
+        "stability_score": prefilled.stability_score,
+    }
+
+
+def split_result(
+    storage: Any, model_sha256: str, key: str, result: PrefillResult | Failure
+) -> dict[str, Any] | str:
+    """In a task: write the embedding; returns the small part for the database."""
+    if isinstance(result, Failure):
+        return result.message
+    stored = store_embedding(storage, model_sha256, key, result.embedding)
+    assert not isinstance(stored, str)
+    return {"input_size": list(stored), "masks": result.masks, "detections": result.detections}
+
+
+def record_prefill(
+    campaign: Campaign,
+    image_id: int,
+    result: dict[str, Any],
+    *,
+    model_sha256: str,
+    detector_sha256: str,
+) -> bool:
+    """One transaction: the embedding row, the prefilled masks, the image's mark. False
+    when the image was prefilled already (nothing stored again)."""
+    at = now()
+    with campaign.db.write() as db:
+        row = db.execute(
+            "SELECT prefill_model FROM images WHERE image_id = ?", (image_id,)
+        ).fetchone()
+        if row is None or row["prefill_model"] is not None:
+            return False
+        height, width = result["input_size"]
+        db.execute(
+            "INSERT OR IGNORE INTO embeddings (image_id, model_sha256, input_h, input_w, created) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (image_id, model_sha256, height, width, at),
+        )
+        for mask in result["masks"]:
+            db.execute(
+                "INSERT INTO masks (image_id, origin, state, counts, height, width, bbox, area, "
+                "prompts, predicted_iou, stability_score, detector_score, model_sha256, "
+                "detector_sha256, created, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?, ?)",
+                (
+                    image_id,
+                    PREFILLED,
+                    PROPOSED,
+                    mask["counts"],
+                    mask["height"],
+                    mask["width"],
+                    json.dumps(mask["bbox"]),
+                    mask["area"],
+                    json.dumps({"points": [], "box": mask["box"]}),
+                    mask["predicted_iou"],
+                    mask["stability_score"],
+                    mask["detector_score"],
+                    model_sha256,
+                    detector_sha256,
+                    at,
+                    at,
+                ),
+            )
+        db.execute(
+            "UPDATE images SET prefill_model = ? WHERE image_id = ?",
+            (f"{model_sha256}:{detector_sha256}", image_id),
+        )
+    return True
+
+
+def pending_prefill(campaign: Campaign) -> list[Any]:
+    with campaign.db.read() as db:
+        return list(
+            db.execute(
+                "SELECT image_id, key FROM images WHERE stage = 2 AND status = ? "
+                "AND prefill_model IS NULL ORDER BY image_id",
+                (QUEUED,),
+            ).fetchall()
+        )
+
+
+DETECTOR_META = "detector"
+
+
+def campaign_detector(campaign: Campaign) -> str | None:
+    """The campaign's detector reference: set by `set-stage` or a detector round (the
+    database), else the config's prefill.detector."""
+    with campaign.db.read() as db:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (DETECTOR_META,)).fetchone()
+    if row is not None:
+        return str(row["value"])
+    configured = campaign.config.get("prefill", {}).get("detector")
+    return str(configured) if configured else None
+
+
+def set_campaign_detector(campaign: Campaign, reference: str) -> None:
+    with campaign.db.write() as db:
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+            "value = excluded.value",
+            (DETECTOR_META, reference),
+        )
+
+
+def prefill_settings(campaign: Campaign, detector: str | None = None) -> PrefillSettings:
+    from engine.detection.registry import resolve_detector_reference
+
+    node = OmegaConf.to_container(campaign.config.prefill, resolve=True)
+    assert isinstance(node, dict)
+    path = detector or campaign_detector(campaign)
+    if not path:
+        raise CampaignError(
+            "no detector: saengine campaign set-stage <dir> stage=semi detector=<file or "
+            "registry/detector/latest>"
+        )
+    resolved = resolve_detector_reference(str(path))
+    if not os.path.isfile(resolved):
+        raise CampaignError(f"detector not found: {resolved}")
+    return PrefillSettings(
+        detector=resolved,
+        score_thresh=node.get("score_thresh"),
+        filter=PrefillFilter(**(node.get("filter") or {})),
+    )
+
+
+class PrefillJob:
+    """Prefill workers for one SAM version, and the tasks around them."""
+
+    def __init__(
+        self, campaign: Campaign, model_sha256: str, settings: PrefillSettings, resources: Resources
+    ) -> None:
+        import ray
+
+        with campaign.db.read() as db:
+            model_config = model_config_row(db, model_sha256)
+        device = "cuda" if resources.gpus_per_actor > 0 else "cpu"
+        actor: Any = ray.remote(
+            num_cpus=resources.cpus_per_actor,
+            num_gpus=resources.gpus_per_actor,
+            max_restarts=resources.max_restarts,
+            max_task_retries=3,
+        )(PrefillWorker)
+        self.workers: list[Any] = [
+            actor.remote(
+                model_config=model_config,
+                settings=settings,
+                device=device,
+                threads=max(1, int(resources.cpus_per_actor)),
+            )
+            for _ in range(resources.model_actors)
+        ]
+        identity = ray.get(self.workers[0].identity.remote())
+        if "error" in identity:
+            raise CampaignError(f"cannot load model {model_sha256[:12]}: {identity['error']}")
+        self.campaign, self.model_sha256, self.resources = campaign, model_sha256, resources
+        self.settings = settings
+        self.detector_sha256 = sha256_of(Path(settings.detector))
+        task: Any = ray.remote(num_cpus=resources.cpus_per_task, max_retries=3)
+        self.decode, self.split = task(decode_source), task(split_result)
+        self.options = ray.put(ImageOptions(max_short_side=None))
+
+    def run(self, rows: list[Any], on_done: Callable[[int, dict[str, Any] | str], None]) -> None:
+        import ray
+
+        pending: dict[Any, int] = {}
+        queue = list(rows)
+        turn = 0
+        while queue or pending:
+            while queue and len(pending) < self.resources.in_flight:
+                row = queue.pop(0)
+                url = self.campaign.storage.url(self.campaign.image_path(row["key"]))
+                decoded = self.decode.remote(ImageSource(url, url), self.options, {})
+                result = self.workers[turn % len(self.workers)].prefill.remote(decoded)
+                turn += 1
+                split = self.split.remote(
+                    self.campaign.storage, self.model_sha256, row["key"], result
+                )
+                pending[split] = row["image_id"]
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                on_done(pending.pop(ref), ray.get(ref))
+
+    def stop(self) -> None:
+        import ray
+
+        for worker in self.workers:
+            ray.kill(worker)
+
+
+@dataclass
+class Tally:
+    done: int = 0
+    failures: set[int] = field(default_factory=set)
+
+
+def _recorder(
+    campaign: Campaign, job: PrefillJob, tally: Tally, on_progress: Callable[[int, int, int], None]
+) -> Callable[[int, dict[str, Any] | str], None]:
+    """What the job does with each image's result: commit it, or note the failure."""
+
+    def finished(image_id: int, result: dict[str, Any] | str) -> None:
+        if isinstance(result, str):
+            tally.failures.add(image_id)
+        elif record_prefill(
+            campaign,
+            image_id,
+            result,
+            model_sha256=job.model_sha256,
+            detector_sha256=job.detector_sha256,
+        ):
+            tally.done += 1
+        on_progress(tally.done, len(tally.failures), 0)
+
+    return finished
+
+
+def run_prefill(
+    campaign: Campaign,
+    cfg: DictConfig,
+    *,
+    follow: bool,
+    detector: str | None = None,
+    on_progress: Callable[[int, int, int], None] = lambda done, failed, todo: None,
+) -> tuple[int, int]:
+    """Prefill every stage-2 image not yet prefilled; returns (prefilled, failed)."""
+    resources = Resources(**OmegaConf.to_container(cfg.resources, resolve=True))  # type: ignore[arg-type]
+    tally = Tally()
+    parent = os.getppid()
+    with exclusive(campaign, "prefill"), ray_session(cfg):
+        job: PrefillJob | None = None
+        while True:
+            with campaign.db.read() as db:
+                model = current_model(db) or ""
+            settings = prefill_settings(campaign, detector)
+            if job is None or (job.model_sha256, job.settings) != (model, settings):
+                if job is not None:
+                    job.stop()
+                job = PrefillJob(campaign, model, settings, resources)
+            rows = [r for r in pending_prefill(campaign) if r["image_id"] not in tally.failures]
+            if rows:
+                on_progress(tally.done, len(tally.failures), len(rows))
+                job.run(rows, _recorder(campaign, job, tally, on_progress))
+                continue
+            if not follow or os.getppid() != parent:
+                return tally.done, len(tally.failures)
+            time.sleep(float(campaign.config.embed.poll_s))
