@@ -116,7 +116,9 @@ class EmbedJob:
                 row = queue.pop(0)
                 worker = self.workers[turn % len(self.workers)]
                 turn += 1
-                decoded = self.decode.remote(self._source(row["key"]), self.image_options, {})
+                decoded = self.decode.remote(
+                    self._source(row["key"]), self.image_options, self.campaign.storage.options
+                )
                 embedding = worker.embed.remote(decoded)
                 stored = self.store.remote(
                     self.campaign.storage, self.model_sha256, row["key"], embedding

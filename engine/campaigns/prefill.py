@@ -306,7 +306,9 @@ class PrefillJob:
             while queue and len(pending) < self.resources.in_flight:
                 row = queue.pop(0)
                 url = self.campaign.storage.url(self.campaign.image_path(row["key"]))
-                decoded = self.decode.remote(ImageSource(url, url), self.options, {})
+                decoded = self.decode.remote(
+                    ImageSource(url, url), self.options, self.campaign.storage.options
+                )
                 result = self.workers[turn % len(self.workers)].prefill.remote(decoded)
                 turn += 1
                 split = self.split.remote(
