@@ -18,6 +18,7 @@ Both files use only operators of the default ONNX domain that onnxruntime's CPU 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import uuid
@@ -143,6 +144,7 @@ def export_decoder_onnx(
                 dynamic_axes=_DYNAMIC_AXES,
             )
         model = onnx.load(str(temporary))
+        _share_identical_constants(model)
         _declare_output_shapes(model, sam)
         _set_metadata(model, sam, model_name=model_name, weights_sha256=weights_sha256)
         onnx.checker.check_model(model, full_check=True)
@@ -222,6 +224,29 @@ def _declare_output_shapes(model: onnx.ModelProto, sam: Sam) -> None:
                 dim.dim_value = value
             else:
                 dim.dim_param = value
+
+
+def _share_identical_constants(model: onnx.ModelProto, min_bytes: int = 1024) -> None:
+    """Keep one copy of equal large constants: the trace writes the positional encoding of
+    the image grid (4 MB for a 64 x 64 grid) once per decoder layer that adds it."""
+    graph = model.graph
+    first: dict[tuple[int, tuple[int, ...], bytes], str] = {}
+    renamed: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        tensor = node.attribute[0].t if node.op_type == "Constant" and node.attribute else None
+        if tensor is not None and len(tensor.raw_data) >= min_bytes:
+            key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(tensor.raw_data).digest())
+            if key in first:
+                renamed[node.output[0]] = first[key]
+                continue
+            first[key] = node.output[0]
+        kept.append(node)
+    for node in kept:
+        for index, name in enumerate(node.input):
+            node.input[index] = renamed.get(name, name)
+    del graph.node[:]
+    graph.node.extend(kept)
 
 
 def _set_metadata(
