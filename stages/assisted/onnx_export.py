@@ -6,8 +6,8 @@ The graph is traced with the TorchScript exporter (`torch.onnx.export(dynamo=Fal
     produces opset 18 at least and could not convert its graph down;
   - the trace records the tensor-valued sizes (`orig_im_size` -> model-input size ->
     crops and resizes) as ordinary ONNX shape operations;
-  - it exports in seconds (the torch.export path took 30-60 s here) and its graph ran
-    15-20 % faster in onnxruntime (docs/benchmarks.md).
+  - it exports in seconds (the torch.export path took 30-74 s here) and its graph ran a
+    click 1.2-1.4x faster in onnxruntime (docs/benchmarks.md).
 It is traced with gradients disabled, so the graph holds the decoder's inference paths
 (attention that projects the few prompt tokens instead of the many image tokens), the same
 arithmetic `Sam.decode` runs under `torch.inference_mode()`; those paths are exact for any
@@ -47,9 +47,9 @@ from stages.assisted.decoder_graph import DecoderGraph
 DEFAULT_OPSET = 17
 MIN_OPSET = 14  # scaled_dot_product_attention needs 14
 MAX_OPSET = 21  # the newest the TorchScript exporter was checked with
-# The example prompt traced: two points and the padding point. The traced decoder branches
-# on shapes only where the cost differs, so any number of points gives the same graph.
-_EXAMPLE_POINTS = 3
+# The example traced: two points and the padding point on a 534 x 800 image. The traced
+# decoder branches on shapes only where the cost differs, so the graph is exact for any
+# number of points and any image size.
 _EXAMPLE_SIZE = (534.0, 800.0)
 
 
@@ -190,11 +190,10 @@ def example_inputs(sam: Sam) -> tuple[torch.Tensor, ...]:
     model's grid, two points and the padding point, no mask prompt."""
     height, width = sam.prompt_encoder.image_embedding_size
     mask_h, mask_w = sam.prompt_encoder.mask_input_size
-    coords = torch.tensor([[[120.0, 200.0], [400.0, 300.0], [0.0, 0.0]]])
     return (
         torch.zeros(1, sam.prompt_encoder.embed_dim, height, width),
-        coords[:, :_EXAMPLE_POINTS],
-        torch.tensor([[1.0, 0.0, -1.0]])[:, :_EXAMPLE_POINTS],
+        torch.tensor([[[120.0, 200.0], [400.0, 300.0], [0.0, 0.0]]]),
+        torch.tensor([[1.0, 0.0, -1.0]]),
         torch.zeros(1, 1, mask_h, mask_w),
         torch.zeros(1),
         torch.tensor(_EXAMPLE_SIZE),
