@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, fields
@@ -208,14 +209,16 @@ def _main(args: list[str]) -> None:
         run(rest)
     except KeyboardInterrupt:
         _fail("interrupted; committed shards are kept, rerun the same command to resume", 130)
-    except Exception as error:  # noqa: BLE001 - the CLI turns every error into one line
-        if not _is_user_error(error):
-            raise
-        _fail(_first_line(error))
+    except Exception as error:  # noqa: BLE001 - every error ends in a one-line message
+        if _is_user_error(error):
+            _fail(_first_line(error))
+        log = _write_error_log(error, rest)
+        _fail(f"internal error: {_first_line(error)} (full traceback in {log})", 1)
 
 
 def _is_user_error(error: BaseException) -> bool:
     from engine.generation.job import JobError
+    from engine.generation.lock import LockError
     from engine.images import ImageDecodeError
     from engine.sources import InputError
     from engine.training.reader import TrainingDataError
@@ -230,8 +233,8 @@ def _is_user_error(error: BaseException) -> bool:
         ImageDecodeError,
         TrainingDataError,
         RegistryError,
+        LockError,
         ValueError,
-        FileNotFoundError,
     )
     return isinstance(error, known) or _is_actor_init_error(error)
 
@@ -239,6 +242,43 @@ def _is_user_error(error: BaseException) -> bool:
 def _is_actor_init_error(error: BaseException) -> bool:
     cause: Any = getattr(error, "cause", None)
     return cause is not None and _is_user_error(cause)
+
+
+def _write_error_log(error: BaseException, overrides: list[str]) -> str:
+    """The full traceback of an internal error, in runs/<run>/error.log of the command's
+    output when it has one (else in the temporary folder); returns where."""
+    from engine.dataset import RUNS_DIR, run_name
+    from engine.storage import Storage
+
+    text = "".join(traceback.format_exception(error))
+    values = _override_values(overrides)
+    if "output" in values:
+        try:
+            options = {
+                key.split(".", 1)[1]: value
+                for key, value in values.items()
+                if key.startswith("storage_options.")
+            }
+            storage = Storage(values["output"], options)
+            relative = f"{RUNS_DIR}/{run_name()}/error.log"
+            storage.write_bytes(relative, text.encode())
+            return storage.url(relative)
+        except Exception:  # noqa: BLE001 - fall back to a local file
+            pass
+    handle, path = tempfile.mkstemp(prefix=f"saengine-{run_name()}-", suffix=".log")
+    with os.fdopen(handle, "w") as file:
+        file.write(text)
+    return path
+
+
+def _override_values(overrides: list[str]) -> dict[str, str]:
+    """key -> value of plain key=value overrides (without Hydra's + and ~ prefixes)."""
+    values = {}
+    for override in overrides:
+        key, equals, value = override.lstrip("+~").partition("=")
+        if equals:
+            values[key] = value
+    return values
 
 
 def _first_line(error: BaseException) -> str:

@@ -13,9 +13,12 @@ marker, so the manifest never claims unwritten work. Tars are written determinis
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import os
 import tarfile
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -35,6 +38,13 @@ STATUS_ERROR = "error"
 # Annotation ids are image_id * ANNOTATION_ID_STRIDE + rank: unique and deterministic
 # (the sa1b preset has at most 3 x 3072 candidates per image).
 ANNOTATION_ID_STRIDE = 100_000
+
+
+@functools.cache
+def run_name() -> str:
+    """This process's folder under runs/ (`<start time>-<pid>`): its config, timings and,
+    after an internal error, error.log with the traceback."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
 def shard_name(index: int) -> str:
