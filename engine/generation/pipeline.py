@@ -61,6 +61,7 @@ class Resources:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "actor_resources", dict(self.actor_resources or {}))
         if self.capacity_wait_s <= 0:
             raise ValueError(f"resources.capacity_wait_s must be > 0, got {self.capacity_wait_s}")
         for name, amount in self.actor_resources.items():
