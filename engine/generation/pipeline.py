@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from engine.dataset import STATUS_ERROR, ManifestRow, shard_name
 from engine.generation.workers import (
@@ -163,6 +163,7 @@ class Pipeline:
         self.resources = resources
         self.on_image, self.on_shard, self.should_stop = on_image, on_shard, should_stop
         self.stalled_since: float | None = None
+        self.retries: dict[int, int] = {}
         cpus = resources.cpus_per_task
         task: Any = ray.remote(num_cpus=cpus, max_retries=TASK_RETRIES)
         self.decode = task(decode_source)
@@ -241,9 +242,12 @@ class Pipeline:
         try:
             row: ManifestRow = ray.get(ref)
         except RayActorError as error:
+            cause = getattr(error, "cause", None) or error
+            if isinstance(cause, ActorUnavailableError) and self._retry(plan):
+                return  # the worker is restarting (its node was lost?): send the image again
             raise JobStopped(
-                f"a model worker died for good ({_one_line(error)}); committed shards are "
-                "kept: rerun the job to resume"
+                f"a model worker is gone ({type(cause).__name__}: {_one_line(cause)}); "
+                "committed shards are kept: rerun the job to resume"
             ) from error
         except RayTaskError as error:
             # An unexpected failure on one image: an error row, and the job goes on.
@@ -266,6 +270,15 @@ class Pipeline:
             del self.remaining[plan.shard]
             commit = self.commit.remote(self.storage, plan.shard, self.rows.pop(plan.shard))
             self.commits[commit] = plan.shard
+
+
+    def _retry(self, plan: ImagePlan) -> bool:
+        tries = self.retries.get(plan.image_id, 0)
+        if tries >= TASK_RETRIES:
+            return False
+        self.retries[plan.image_id] = tries + 1
+        self._submit(plan)
+        return True
 
 
 def _can_host(needs: dict[str, float]) -> bool:
