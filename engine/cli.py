@@ -38,6 +38,11 @@ Options are Hydra overrides (key=value, see `saengine <command> --help`), for ex
 """
 
 
+# Image settings that come with a generator preset: SA-1B's released images have faces and
+# licence plates blurred.
+PRESET_IMAGES: dict[str, dict[str, Any]] = {"sa1b": {"privacy": "blur"}}
+
+
 class UsageError(ValueError):
     """Bad command line or configuration."""
 
@@ -52,7 +57,15 @@ def _register_config_nodes() -> None:
     store = ConfigStore.instance()
     for name, preset in PRESETS.items():
         node = {key: value for key, value in asdict(preset).items() if key != "point_grids"}
-        store.store(group="generator", name=name, node=node)
+        if name in PRESET_IMAGES:  # the preset also sets how images are stored
+            store.store(
+                group="generator",
+                name=name,
+                node={"generator": node, "images": PRESET_IMAGES[name]},
+                package="_global_",
+            )
+        else:
+            store.store(group="generator", name=name, node=node)
     train = {
         f.name: (list(f.default) if isinstance(f.default, tuple) else f.default)
         for f in fields(TrainConfig)

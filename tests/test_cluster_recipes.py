@@ -94,6 +94,7 @@ def test_rayjob_runs_the_submit_script_command() -> None:
     assert from_rayjob == from_script
     assert from_rayjob.resources.model_actors == total and from_rayjob.resources.gpus_per_actor == 1
     assert from_rayjob.generator.crop_n_layers == 2  # the sa1b preset
+    assert from_rayjob.image_options.privacy == "blur"  # SA-1B's released images
 
 
 def test_ray_job_submit_recipe_composes() -> None:

@@ -271,7 +271,6 @@ class Pipeline:
             commit = self.commit.remote(self.storage, plan.shard, self.rows.pop(plan.shard))
             self.commits[commit] = plan.shard
 
-
     def _retry(self, plan: ImagePlan) -> bool:
         tries = self.retries.get(plan.image_id, 0)
         if tries >= TASK_RETRIES:

@@ -204,15 +204,15 @@ def finish_image(
         )
     ]
     height, width = decoded.size_hw
-    record = {
-        "image": {
-            "image_id": plan.image_id,
-            "width": width,
-            "height": height,
-            "file_name": f"{plan.key}.jpg",
-        },
-        "annotations": annotations,
+    image: dict[str, Any] = {
+        "image_id": plan.image_id,
+        "width": width,
+        "height": height,
+        "file_name": f"{plan.key}.jpg",
     }
+    if decoded.blurred is not None:
+        image["privacy_blurred"] = decoded.blurred  # regions blurred before generation
+    record = {"image": image, "annotations": annotations}
     storage.write_bytes(staged_path(plan.shard, plan.key, "jpg"), decoded.jpeg)
     storage.write_bytes(staged_path(plan.shard, plan.key, "json"), dumps_json(record))
     return _row(plan, width, height, len(annotations), STATUS_OK, "")
