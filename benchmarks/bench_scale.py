@@ -173,9 +173,7 @@ def _report(
     )
     orchestration_h = SA1B_IMAGES / rate / 3600
     plan_h = SA1B_IMAGES / (count / plan_s) / 3600
-    print(
-        f"11M images: listing {plan_h:.2f} h; the machinery alone here {orchestration_h:.1f} h"
-    )
+    print(f"11M images: listing {plan_h:.2f} h; the machinery alone here {orchestration_h:.1f} h")
     for gpus in (8, 64, 256):
         gpu_h = SA1B_IMAGES * args.gpu_seconds / gpus / 3600
         needed = gpus / args.gpu_seconds
