@@ -249,7 +249,17 @@ def _is_user_error(error: BaseException) -> bool:
         LockError,
         ValueError,
     )
+    if isinstance(error, _DATA_ERRORS()):
+        return False  # damaged files (ValueError subclasses): internal, with a traceback
     return isinstance(error, known) or _is_actor_init_error(error)
+
+
+def _DATA_ERRORS() -> tuple[type[BaseException], ...]:  # noqa: N802 - a constant, built late
+    import json
+
+    import pyarrow
+
+    return (pyarrow.ArrowException, json.JSONDecodeError, UnicodeDecodeError)
 
 
 def _is_actor_init_error(error: BaseException) -> bool:
