@@ -237,7 +237,7 @@ def _check_room(resources: Resources, *, embedded: bool) -> None:
 
 def _fingerprint(settings: JobSettings, plan: PlanInfo, model: dict[str, Any]) -> dict[str, Any]:
     generator = {k: v for k, v in asdict(settings.generator).items() if k != "point_grids"}
-    return {
+    fingerprint = {
         "format_version": FORMAT_VERSION,
         "input": plan.input,
         "num_images": plan.num_images,
@@ -248,6 +248,9 @@ def _fingerprint(settings: JobSettings, plan: PlanInfo, model: dict[str, Any]) -
         "precision": settings.resources.precision,
         "model": {"name": model["name"], "weights_sha256": model["weights_sha256"]},
     }
+    # As job.json holds it (tuples become lists), so a rerun compares like with like.
+    result: dict[str, Any] = json.loads(json.dumps(fingerprint))
+    return result
 
 
 def _check_or_claim(storage: Storage, fingerprint: dict[str, Any], *, force: bool) -> None:
