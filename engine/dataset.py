@@ -7,21 +7,25 @@
     <output>/runs/<time>/             each run's raw and resolved config and timings
 
 A shard's manifest part is written only after its tar is in place: the part is the commit
-marker, so the manifest never claims unwritten work. Tars are written deterministically
-(sorted members, fixed metadata), so the same job gives the same bytes.
+marker, so the manifest never claims unwritten work. Tars are written with webdataset's
+writer, deterministically (sorted members, fixed metadata), so the same job gives the same
+bytes; webdataset reads them as they are (`engine.training.reader`).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
-import tarfile
+import os
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import webdataset
 
 from engine.storage import Storage
 
@@ -32,9 +36,17 @@ JOB_FILE = "job.json"
 RUNS_DIR = "runs"
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
+FILES = ("jpg", "json")  # the files of one image, in their order in the tar
 # Annotation ids are image_id * ANNOTATION_ID_STRIDE + rank: unique and deterministic
 # (the sa1b preset has at most 3 x 3072 candidates per image).
 ANNOTATION_ID_STRIDE = 100_000
+
+
+@functools.cache
+def run_name() -> str:
+    """This process's folder under runs/ (`<start time>-<pid>`): its config, timings and,
+    after an internal error, error.log with the traceback."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
 def shard_name(index: int) -> str:
@@ -112,23 +124,18 @@ def staged_path(shard: int, key: str, extension: str) -> str:
 
 
 def pack_shard(storage: Storage, shard: int, keys: Iterable[str]) -> int:
-    """Write sa_<shard>.tar from the staged files of `keys` (in that order); returns bytes."""
+    """Write sa_<shard>.tar from the staged files of `keys` (in that order) with
+    webdataset's tar writer, fixed metadata (so the same files give the same bytes), under a
+    temporary name renamed into place when complete; returns its size in bytes."""
     with storage.open_atomic(f"{shard_name(shard)}.tar") as handle:
-        with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        with webdataset.TarWriter(
+            handle, encoder=False, user="", group="", mode=0o644, mtime=0.0
+        ) as writer:
             for key in keys:
-                for extension in ("jpg", "json"):
-                    data = storage.read_bytes(staged_path(shard, key, extension))
-                    tar.addfile(_tar_info(f"{key}.{extension}", len(data)), io.BytesIO(data))
+                files = {ext: storage.read_bytes(staged_path(shard, key, ext)) for ext in FILES}
+                writer.write({"__key__": key, **files})
         size = handle.tell()
     return size
-
-
-def _tar_info(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
 
 
 def dumps_json(value: Any) -> bytes:

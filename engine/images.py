@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,13 +27,21 @@ class ImageDecodeError(ValueError):
 class ImageOptions:
     """max_short_side: resize so the shortest side is at most this (None: keep size).
     max_pixels: refuse larger images before decoding them (decompression bombs).
-    jpeg_quality: quality of re-encoded JPEGs."""
+    jpeg_quality: quality of re-encoded JPEGs. privacy: 'off' | 'blur' (find faces and
+    licence plates with `privacy_detectors` and blur them in the stored image)."""
 
     max_short_side: int | None = 1500
     max_pixels: int = 100_000_000
     jpeg_quality: int = 95
+    privacy: str = "off"
+    privacy_detectors: tuple[str, ...] = ("faces", "plates")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "privacy_detectors", tuple(self.privacy_detectors))
+        if self.privacy not in ("off", "blur"):
+            raise ValueError(f"images.privacy must be off or blur, got {self.privacy!r}")
+        if self.privacy == "blur" and not self.privacy_detectors:
+            raise ValueError("images.privacy=blur needs at least one images.privacy_detectors")
         if self.max_short_side is not None and self.max_short_side < 1:
             raise ValueError(
                 f"images.max_short_side must be >= 1 or null, got {self.max_short_side}"
@@ -45,10 +54,12 @@ class ImageOptions:
 
 @dataclass
 class DecodedImage:
-    """rgb: H x W x 3 uint8, exactly the pixels of `jpeg` decoded."""
+    """rgb: H x W x 3 uint8, exactly the pixels of `jpeg` decoded. blurred: the regions
+    blurred for privacy (None when privacy is off)."""
 
     jpeg: bytes
     rgb: np.ndarray
+    blurred: list[dict[str, Any]] | None = None
 
     @property
     def size_hw(self) -> tuple[int, int]:
@@ -57,12 +68,29 @@ class DecodedImage:
 
 def decode_image(data: bytes, options: ImageOptions) -> DecodedImage:
     try:
-        return _decode(data, options)
+        decoded = _decode(data, options)
     except ImageDecodeError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ImageDecodeError(f"cannot decode image: {message}") from error
+    return _blur_private(decoded, options) if options.privacy == "blur" else decoded
+
+
+def _blur_private(decoded: DecodedImage, options: ImageOptions) -> DecodedImage:
+    """Faces and plates blurred in the stored image (re-encoded when anything was found)."""
+    from engine.privacy import blur_regions, find_regions
+
+    regions = find_regions(decoded.rgb, options.privacy_detectors)
+    if not regions:
+        return DecodedImage(jpeg=decoded.jpeg, rgb=decoded.rgb, blurred=[])
+    buffer = io.BytesIO()
+    Image.fromarray(blur_regions(decoded.rgb, regions)).save(
+        buffer, format="JPEG", quality=options.jpeg_quality
+    )
+    jpeg = buffer.getvalue()
+    stored = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    return DecodedImage(jpeg=jpeg, rgb=stored, blurred=[r.record() for r in regions])
 
 
 def _decode(data: bytes, options: ImageOptions) -> DecodedImage:

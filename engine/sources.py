@@ -8,9 +8,10 @@ ids, keys and shard assignment depend only on the input.
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,17 +54,27 @@ def list_sources(
     spec: str | list[str], storage_options: dict[str, Any] | None = None
 ) -> list[ImageSource]:
     """All images named by spec (one or several of: directory, glob, list file, tar, image),
-    sorted by source and without duplicates."""
-    specs = [spec] if isinstance(spec, str) else list(spec)
-    if not specs:
-        raise InputError("input is empty")
+    sorted by source and without duplicates, in memory: for small inputs (campaigns, tests).
+    Generation jobs stream the same listing into a sorted Parquet plan instead
+    (`engine.generation.plan.write_plan`)."""
     found: dict[str, ImageSource] = {}
-    for item in specs:
-        for source in _expand(str(item), storage_options or {}):
-            found.setdefault(source.source, source)
+    for source in iter_sources(spec, storage_options):
+        found.setdefault(source.source, source)
     if not found:
         raise InputError(f"no images found in input {spec!r}")
     return [found[key] for key in sorted(found)]
+
+
+def iter_sources(
+    spec: str | list[str], storage_options: dict[str, Any] | None = None
+) -> Iterator[ImageSource]:
+    """Every image named by spec, as listed (unsorted, duplicates possible), streamed:
+    list files line by line, local folders entry by entry, S3 prefixes page by page."""
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    if not specs:
+        raise InputError("input is empty")
+    for item in specs:
+        yield from _expand(str(item), storage_options or {})
 
 
 def sources_digest(sources: Iterable[ImageSource]) -> str:
@@ -75,7 +86,7 @@ def sources_digest(sources: Iterable[ImageSource]) -> str:
     return digest.hexdigest()
 
 
-def _expand(spec: str, options: dict[str, Any]) -> Iterable[ImageSource]:
+def _expand(spec: str, options: dict[str, Any]) -> Iterator[ImageSource]:
     fs, path = url_to_fs(spec, **options)
     if any(char in path for char in GLOB_CHARS):
         for match in sorted(fs.glob(path)):
@@ -88,9 +99,9 @@ def _expand(spec: str, options: dict[str, Any]) -> Iterable[ImageSource]:
 
 def _expand_path(
     fs: Any, path: str, options: dict[str, Any], *, recurse: bool
-) -> Iterable[ImageSource]:
+) -> Iterator[ImageSource]:
     if fs.isdir(path):
-        for found in sorted(fs.find(path)):
+        for found in _walk_files(fs, path):
             if _has_ext(found, IMAGE_EXTENSIONS + TAR_EXTENSIONS):
                 yield from _expand_path(fs, found, options, recurse=False)
         return
@@ -103,25 +114,58 @@ def _expand_path(
         yield ImageSource(source=url, url=url)
 
 
-def _list_file(fs: Any, path: str, options: dict[str, Any]) -> Iterable[ImageSource]:
+def _walk_files(fs: Any, path: str) -> Iterator[str]:
+    """Files under a folder, streamed where the filesystem allows it."""
+    if _protocol(fs) == "file":
+        for folder, _, names in os.walk(path):
+            for name in names:
+                yield posixpath.join(folder, name)
+    elif hasattr(fs, "_iterdir"):  # s3fs: one page of the bucket listing at a time
+        yield from _s3_pages(fs, path)
+    else:
+        yield from fs.find(path)
+
+
+def _s3_pages(fs: Any, path: str) -> Iterator[str]:
+    """Keys under an S3 prefix, page by page (s3fs's async listing, run on its loop)."""
+    from fsspec.asyn import sync
+
+    bucket, _, key = path.partition("/")
+    prefix = key.rstrip("/") + "/" if key else ""
+    pages = fs._iterdir(bucket, delimiter="", prefix=prefix)
+
+    async def next_page(size: int = 1000) -> list[str]:
+        names: list[str] = []
+        async for info in pages:
+            if info.get("type") == "file":
+                names.append(info["name"])
+            if len(names) >= size:
+                break
+        return names
+
+    while page := sync(fs.loop, next_page):
+        yield from page
+
+
+def _list_file(fs: Any, path: str, options: dict[str, Any]) -> Iterator[ImageSource]:
     base = posixpath.dirname(path)
     with fs.open(path, "rt") as handle:
-        lines = [line.strip() for line in handle]
-    for line in lines:
-        if not line or line.startswith("#"):
-            continue
-        if "://" not in line and not posixpath.isabs(line):
-            line = posixpath.join(base, line)
-            if _protocol(fs) != "file":
-                line = fs.unstrip_protocol(line)
-        if _has_ext(line, IMAGE_EXTENSIONS):
-            # Read when decoded: a missing listed image becomes an error row, not a failure.
-            yield ImageSource(source=line, url=line)
-        else:
-            yield from _expand(line, options)
+        for raw in handle:
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if "://" not in line and not posixpath.isabs(line):
+                line = posixpath.join(base, line)
+                if _protocol(fs) != "file":
+                    line = fs.unstrip_protocol(line)
+            if _has_ext(line, IMAGE_EXTENSIONS):
+                # Read when decoded: a missing listed image becomes an error row.
+                yield ImageSource(source=line, url=line)
+            else:
+                yield from _expand(line, options)
 
 
-def _tar_members(fs: Any, path: str, url: str) -> Iterable[ImageSource]:
+def _tar_members(fs: Any, path: str, url: str) -> Iterator[ImageSource]:
     with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
         members = [m for m in tar.getmembers() if m.isfile() and _has_ext(m.name, IMAGE_EXTENSIONS)]
     for member in members:

@@ -3,6 +3,13 @@
 Every file is committed atomically. Locally: write to a temporary name, flush, fsync,
 rename. On object storage an object only appears once its upload completes, so it is
 written under its final name.
+
+A local root is made absolute once, where the Storage is created (the job's driver), and
+travels to Ray workers as that absolute path: workers on other nodes run in other working
+directories. Local operations never depend on the process's working directory: under
+`ray job submit` that directory is Ray's unpacked copy of the job's files, which Ray may
+replace while the job runs (a second node sharing the session folder re-unpacks it), and
+`os.getcwd()` then fails with a bare "[Errno 2] No such file or directory".
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import shutil
+import uuid
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -20,11 +29,11 @@ class Storage:
     """Files under one root. Paths given to methods are relative, with '/' separators."""
 
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
-        self.root_url = root.rstrip("/") or root
         self.options = dict(storage_options or {})
-        self.fs, self.root = url_to_fs(self.root_url, **self.options)
+        self.fs, self.root = url_to_fs(root.rstrip("/") or root, **self.options)
         protocol = self.fs.protocol
         self.local = (protocol[0] if isinstance(protocol, (tuple, list)) else protocol) == "file"
+        self.root_url = self.root if self.local else root.rstrip("/") or root
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Storage, (self.root_url, self.options))
@@ -78,8 +87,38 @@ class Storage:
                 os.remove(temporary)
         _fsync_dir(parent)
 
+    def create_exclusive(self, relative: str, data: bytes) -> bool:
+        """Write `data` under `relative` only if nothing is there; False if something is.
+        Atomic locally (O_EXCL); on object storage a check then a write, so two writers
+        racing can both succeed: callers read back to see who won (see OutputLock)."""
+        final = self.path(relative)
+        if not self.local:
+            if self.exists(relative):
+                return False
+            self.write_bytes(relative, data)
+            return True
+        os.makedirs(posixpath.dirname(final), exist_ok=True)
+        temporary = f"{final}.{uuid.uuid4().hex}.partial"
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, final)  # fails if `final` exists: the atomic claim
+        except FileExistsError:
+            return False
+        finally:
+            os.remove(temporary)
+        return True
+
     def remove(self, relative: str) -> None:
         path = self.path(relative)
+        if self.local:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=False)
+            elif os.path.lexists(path):
+                os.remove(path)
+            return
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 

@@ -1,10 +1,12 @@
 """`saengine generate`: plan, resume and run a generation job from its composed config.
 
-Image i of the sorted input gets image_id i + 1, key sa_<image_id> and shard
-i // images_per_shard, so a rerun plans exactly the same shards. A rerun skips committed
-shards (manifest part present) and redoes the others from scratch. The job's fingerprint
-(input list, model weights, generator and image settings, shard size) is stored in job.json;
-a rerun with another fingerprint is refused unless force=true, which starts the output over.
+The input is listed once into the output's sorted plan (`engine.generation.plan`): image i
+of it gets image_id i + 1, key sa_<image_id> and shard i // images_per_shard, so a rerun
+plans exactly the same shards. A rerun skips committed shards (manifest part present) and
+redoes the others from scratch. The job's fingerprint (input and its sorted listing, model
+weights, generator and image settings, shard size) is stored in job.json; a rerun with
+another fingerprint is refused unless force=true, which lists the input again and starts
+the output over. One job at a time holds the output (`engine.generation.lock`).
 """
 
 from __future__ import annotations
@@ -12,37 +14,45 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
-from engine.cluster import ray_session
+from engine.cluster import ClusterError, check_output_shared, ray_session
 from engine.dataset import (
     JOB_FILE,
     MANIFEST_DIR,
     RUNS_DIR,
     STAGING_DIR,
-    STATUS_OK,
     SUMMARY_FILE,
-    ManifestRow,
     committed_shards,
-    image_key,
-    shard_name,
+    run_name,
     write_summary,
 )
-from engine.generation.pipeline import Pipeline, PipelineResult, Resources, start_model_workers
-from engine.generation.workers import ImagePlan, ShardInfo
+from engine.generation.lock import LockSettings, OutputLock
+from engine.generation.pipeline import JobStopped, Pipeline, Resources, start_model_workers
+from engine.generation.plan import PlanInfo, iter_plan, read_plan_info, write_plan
+from engine.generation.report import print_summary, run_with_progress, worker_report
 from engine.images import ImageOptions
-from engine.sources import ImageSource, list_sources, sources_digest
 from engine.storage import Storage
 from stages.automatic import GeneratorConfig
 
-FORMAT_VERSION = 1
-PACKAGES = ("sa-data-engine", "torch", "numpy", "pillow", "pycocotools", "ray", "pyarrow")
+FORMAT_VERSION = 2
+# Where `ray job submit --working-dir` unpacks the job's files on each node.
+RAY_WORKING_DIR_MARK = "/runtime_resources/working_dir_files/"
+PACKAGES = (
+    "sa-data-engine",
+    "torch",
+    "torchvision",
+    "numpy",
+    "pillow",
+    "pycocotools",
+    "ray",
+    "pyarrow",
+    "webdataset",
+)
 
 
 class JobError(RuntimeError):
@@ -59,6 +69,7 @@ class JobSettings:
     resources: Resources
     model_config: dict[str, Any]
     storage_options: dict[str, Any]
+    lock: LockSettings
     force: bool
     progress: bool
 
@@ -78,64 +89,120 @@ class JobSettings:
             resources=Resources(**plain["resources"]),
             model_config=plain["model"],
             storage_options=plain.get("storage_options") or {},
+            lock=LockSettings(**(plain.get("lock") or {})),
             force=bool(plain["force"]),
             progress=bool(plain["progress"]),
         )
 
-
-def plan_images(sources: list[ImageSource], images_per_shard: int) -> list[ImagePlan]:
-    return [
-        ImagePlan(
-            image_id=index + 1,
-            source=source,
-            shard=index // images_per_shard,
-            key=image_key(index + 1),
-        )
-        for index, source in enumerate(sources)
-    ]
+    def shard_size(self, num_images: int) -> Any:
+        """shard -> how many images the plan puts in it."""
+        size = self.images_per_shard
+        return lambda shard: min(size, num_images - shard * size)
 
 
 def run_generate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     """Run (or resume) the job; returns the dataset summary."""
-    import ray
-
     settings = JobSettings.from_config(cfg)
     _check_checkpoint(settings.model_config.get("checkpoint"))
     storage = Storage(settings.output, settings.storage_options)
-    _check_output(storage)
-    sources = list_sources(settings.input, settings.storage_options)
-    plans = plan_images(sources, settings.images_per_shard)
+    _check_output(storage, settings.output)
     started = time.perf_counter()
-    with ray_session(cfg):
-        _check_room(settings.resources, embedded=not cfg.ray.address)
-        workers = start_model_workers(
-            model_config=settings.model_config,
-            generator_config=settings.generator,
-            resources=settings.resources,
-        )
-        model = ray.get(workers[0].identity.remote())
-        if "error" in model:
-            raise JobError(f"cannot load model: {model['error']}")
-        fingerprint = _fingerprint(settings, sources, model)
-        _check_or_claim(storage, fingerprint, force=settings.force)
-        run_dir = _write_run_config(storage, cfg, overrides)
-        done = set(committed_shards(storage))
-        _discard_partial(storage, done)
-        todo = [plan for plan in plans if plan.shard not in done]
-        result = _run_with_progress(todo, len(plans), workers, storage, settings)
-    storage.remove(STAGING_DIR)
-    summary = _write_summary(storage, fingerprint, model)
-    seconds = time.perf_counter() - started
-    run = {"seconds": seconds, "images_processed": len(todo), **_worker_report(result)}
+    with OutputLock(storage, settings.lock) as lock:
+        plan = _plan(storage, settings)
+        with ray_session(cfg):
+            model, workers = _start(storage, settings, cfg)
+            fingerprint = _fingerprint(settings, plan, model)
+            _check_or_claim(storage, fingerprint, force=settings.force)
+            run_dir = _write_run_config(storage, cfg, overrides)
+            done = set(committed_shards(storage))
+            _discard_partial(storage, done)
+            sizes = settings.shard_size(plan.num_images)
+            skipped = sum(sizes(shard) for shard in done)
+
+            def make_pipeline(**callbacks: Any) -> Pipeline:
+                return Pipeline(
+                    iter_plan(
+                        storage, images_per_shard=settings.images_per_shard, skip_shards=done
+                    ),
+                    shard_size=sizes,
+                    workers=workers,
+                    storage=storage,
+                    generator_config=settings.generator,
+                    image_options=settings.image_options,
+                    storage_options=settings.storage_options,
+                    resources=settings.resources,
+                    should_stop=lambda: (
+                        "another job took the output lock over" if lock.lost else None
+                    ),
+                    **callbacks,
+                )
+
+            try:
+                result = run_with_progress(
+                    make_pipeline, total=plan.num_images, done=skipped, progress=settings.progress
+                )
+            except JobStopped as stop:
+                raise JobError(str(stop)) from stop
+        storage.remove(STAGING_DIR)
+        summary = _write_summary(storage, fingerprint, model)
+    run = {
+        "seconds": time.perf_counter() - started,
+        "images_processed": plan.num_images - skipped,
+        **worker_report(result),
+    }
     storage.write_bytes(f"{run_dir}/run.json", json.dumps(run, indent=2).encode())
-    _print_summary(summary, run, storage, len(plans) - len(todo))
+    print_summary(summary, run, storage, skipped)
     return summary
 
 
-def _check_output(storage: Storage) -> None:
-    """Fail before starting anything when a local output folder cannot be written."""
+def _plan(storage: Storage, settings: JobSettings) -> PlanInfo:
+    """The output's plan: the one an earlier run wrote for the same input, or a new
+    listing (refused when the output holds another job's dataset, unless force=true)."""
+    plan = read_plan_info(storage)
+    if plan is not None and plan.input == settings.input and not settings.force:
+        return plan
+    if plan is not None and storage.exists(JOB_FILE) and not settings.force:
+        raise JobError(
+            f"{storage.url()} holds a job with another input ({plan.input} -> "
+            f"{settings.input}); use another output, or force=true to start it over"
+        )
+    return write_plan(storage, settings.input, settings.storage_options, progress=settings.progress)
+
+
+def _start(
+    storage: Storage, settings: JobSettings, cfg: DictConfig
+) -> tuple[dict[str, Any], list[Any]]:
+    """Check the cluster, start the model workers; returns the model's identity and them."""
+    import ray
+
+    _check_room(settings.resources, embedded=not cfg.ray.address)
+    try:
+        check_output_shared(storage, f"{RUNS_DIR}/{run_name()}")
+    except ClusterError as error:
+        raise JobError(str(error)) from error
+    workers = start_model_workers(
+        model_config=settings.model_config,
+        generator_config=settings.generator,
+        resources=settings.resources,
+    )
+    model = ray.get(workers[0].identity.remote())
+    if "error" in model:
+        raise JobError(f"cannot load model: {model['error']}")
+    return model, workers
+
+
+def _check_output(storage: Storage, output: str) -> None:
+    """Fail before starting anything when a local output folder cannot be written, or is
+    a relative path inside the copy of the job's files that `ray job submit` runs in (Ray
+    deletes that copy when it likes: the dataset would go with it)."""
     if not storage.local:
         return
+    if not os.path.isabs(output) and RAY_WORKING_DIR_MARK in storage.root:
+        raise JobError(
+            f"output={output} is relative to the job's working directory, Ray's temporary "
+            f"copy of the submitted files ({os.path.dirname(storage.root)}); give an absolute "
+            "path on a shared filesystem or an object storage URL"
+        )
     try:
         os.makedirs(storage.root, exist_ok=True)
     except OSError as error:
@@ -168,20 +235,22 @@ def _check_room(resources: Resources, *, embedded: bool) -> None:
         )
 
 
-def _fingerprint(
-    settings: JobSettings, sources: list[ImageSource], model: dict[str, Any]
-) -> dict[str, Any]:
+def _fingerprint(settings: JobSettings, plan: PlanInfo, model: dict[str, Any]) -> dict[str, Any]:
     generator = {k: v for k, v in asdict(settings.generator).items() if k != "point_grids"}
-    return {
+    fingerprint = {
         "format_version": FORMAT_VERSION,
-        "num_images": len(sources),
-        "sources_sha256": sources_digest(sources),
+        "input": plan.input,
+        "num_images": plan.num_images,
+        "sources_sha256": plan.sources_sha256,
         "images_per_shard": settings.images_per_shard,
         "images": asdict(settings.image_options),
         "generator": generator,
         "precision": settings.resources.precision,
         "model": {"name": model["name"], "weights_sha256": model["weights_sha256"]},
     }
+    # As job.json holds it (tuples become lists), so a rerun compares like with like.
+    result: dict[str, Any] = json.loads(json.dumps(fingerprint))
+    return result
 
 
 def _check_or_claim(storage: Storage, fingerprint: dict[str, Any], *, force: bool) -> None:
@@ -213,7 +282,7 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def _write_run_config(storage: Storage, cfg: DictConfig, overrides: list[str]) -> str:
-    run_dir = f"{RUNS_DIR}/{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    run_dir = f"{RUNS_DIR}/{run_name()}"
     raw = "\n".join(f"- {override}" for override in overrides) + "\n"
     storage.write_bytes(f"{run_dir}/overrides.yaml", raw.encode())
     storage.write_bytes(f"{run_dir}/config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
@@ -230,51 +299,6 @@ def _discard_partial(storage: Storage, done: set[int]) -> None:
             storage.remove(name)
 
 
-def _run_with_progress(
-    todo: list[ImagePlan],
-    total: int,
-    workers: list[Any],
-    storage: Storage,
-    settings: JobSettings,
-) -> PipelineResult:
-    masks = [0]
-    failed = [0]
-    bar = tqdm(
-        total=total,
-        initial=total - len(todo),
-        unit="img",
-        desc="generate",
-        disable=not settings.progress,
-        dynamic_ncols=True,
-    )
-    start = time.perf_counter()
-
-    def on_image(row: ManifestRow) -> None:
-        masks[0] += row.num_masks
-        failed[0] += row.status != STATUS_OK
-        rate = masks[0] / max(time.perf_counter() - start, 1e-9)
-        bar.set_postfix_str(f"{rate:.1f} masks/s, {failed[0]} failed", refresh=False)
-        bar.update(1)
-
-    def on_shard(info: ShardInfo) -> None:
-        bar.write(
-            f"committed {shard_name(info.shard)}.tar: {info.num_ok} images, {info.num_masks} masks"
-        )
-
-    with bar:
-        return Pipeline(
-            todo,
-            workers=workers,
-            storage=storage,
-            generator_config=settings.generator,
-            image_options=settings.image_options,
-            storage_options=settings.storage_options,
-            resources=settings.resources,
-            on_image=on_image,
-            on_shard=on_shard,
-        ).run()
-
-
 def _write_summary(
     storage: Storage, fingerprint: dict[str, Any], model: dict[str, Any]
 ) -> dict[str, Any]:
@@ -287,27 +311,3 @@ def _version(package: str) -> str:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _worker_report(result: PipelineResult) -> dict[str, Any]:
-    fractions = [stats["busy_fraction"] for stats in result.worker_stats if stats["images"]]
-    return {
-        "pipeline_seconds": result.seconds,
-        "model_workers": result.worker_stats,
-        "model_busy_fraction": sum(fractions) / len(fractions) if fractions else 0.0,
-    }
-
-
-def _print_summary(
-    summary: dict[str, Any], run: dict[str, Any], storage: Storage, skipped: int
-) -> None:
-    lines = [
-        f"dataset: {storage.url()}",
-        f"images: {summary['images_ok']} ok, {summary['images_failed']} failed"
-        + (f" ({skipped} from earlier runs)" if skipped else ""),
-        f"masks: {summary['masks']} ({summary['masks_per_image']} per image)",
-        f"time: {run['seconds']:.1f} s; model workers busy "
-        f"{100 * run['model_busy_fraction']:.0f}% of the time",
-        f"look at it: saengine inspect {storage.url()}",
-    ]
-    print("\n".join(lines), file=sys.stdout)

@@ -5,20 +5,22 @@ Per image: a decode task (CPU) -> the model worker actor with the fewest images 
 files staged for the shard). When every image of a shard is finished, a commit task packs
 its tar and writes its manifest part. The driver only moves object references: images flow
 between workers through the object store. At most `max_in_flight` images are between decode
-and staging at any time, so memory stays flat however large the input. Tasks are retried
-after worker failures, and dead model workers are restarted (their queued images retried).
+and staging at any time, and the plan is read as the pipeline goes, so memory stays flat
+however large the input. Tasks are retried after worker failures, and dead model workers
+are restarted (their queued images retried). When the cluster has no node left that can
+host a model worker (a lost node, and no autoscaler bringing one back within
+`capacity_wait_s`), the job stops with an error; committed shards are kept.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from engine.dataset import STATUS_ERROR, ManifestRow, shard_name
 from engine.generation.workers import (
@@ -34,26 +36,37 @@ from engine.storage import Storage
 from stages.automatic import GeneratorConfig
 
 TASK_RETRIES = 3
+CHECK_S = 10.0  # how often the driver looks at the cluster while nothing finishes
 
 
 @dataclass(frozen=True)
 class Resources:
     """model_actors: model workers (one per GPU on a cluster); gpus_per_actor /
-    cpus_per_actor: what each holds; cpus_per_task: per decode/finish/commit task;
-    max_in_flight: images between decode and staging (None: 4 per model worker);
-    max_restarts: restarts of a dead model worker before the job fails;
-    device: 'auto' | 'cpu' | 'cuda'; precision: 'fp32' (exact) | 'bf16' (fast, CUDA)."""
+    cpus_per_actor / actor_resources (custom Ray resources, e.g. {"model_node": 1}): what
+    each holds; cpus_per_task: per decode/finish/commit task; max_in_flight: images between
+    decode and staging (None: 4 per model worker); max_restarts: restarts of a dead model
+    worker before the job fails; capacity_wait_s: how long the job waits for a node that
+    can host a model worker before it stops; device: 'auto' | 'cpu' | 'cuda'; precision:
+    'fp32' (exact) | 'bf16' (fast, CUDA)."""
 
     model_actors: int = 1
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
+    actor_resources: dict[str, float] = field(default_factory=dict)
     cpus_per_task: float = 1.0
     max_in_flight: int | None = None
     max_restarts: int = 3
+    capacity_wait_s: float = 300.0
     device: str = "auto"
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "actor_resources", dict(self.actor_resources or {}))
+        if self.capacity_wait_s <= 0:
+            raise ValueError(f"resources.capacity_wait_s must be > 0, got {self.capacity_wait_s}")
+        for name, amount in self.actor_resources.items():
+            if amount < 0:
+                raise ValueError(f"resources.actor_resources.{name} must be >= 0, got {amount}")
         if self.model_actors < 1:
             raise ValueError(f"resources.model_actors must be >= 1, got {self.model_actors}")
         for name in ("gpus_per_actor", "cpus_per_actor", "cpus_per_task"):
@@ -70,11 +83,16 @@ class Resources:
     def in_flight(self) -> int:
         return self.max_in_flight or 4 * self.model_actors
 
+    def actor_needs(self) -> dict[str, float]:
+        """The Ray resources one model worker holds."""
+        needs = {"CPU": self.cpus_per_actor, "GPU": self.gpus_per_actor, **self.actor_resources}
+        return {name: amount for name, amount in needs.items() if amount > 0}
+
 
 @dataclass
 class PipelineResult:
     shards: list[ShardInfo] = field(default_factory=list)
-    worker_stats: list[dict[str, float]] = field(default_factory=list)
+    worker_stats: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -90,6 +108,7 @@ def start_model_workers(
     actor_class = ray.remote(
         num_cpus=resources.cpus_per_actor,
         num_gpus=resources.gpus_per_actor,
+        resources=dict(resources.actor_resources),
         max_restarts=resources.max_restarts,
         max_task_retries=TASK_RETRIES,
     )(ModelWorker)
@@ -106,14 +125,21 @@ def start_model_workers(
     ]
 
 
+class JobStopped(RuntimeError):
+    """The pipeline cannot go on (no capacity left, a model worker dead for good, the output
+    lock lost); committed shards are kept and a rerun resumes."""
+
+
 class Pipeline:
-    """Processes `plans` (images of uncommitted shards, in order) and commits their shards.
-    Holds the scheduling state: what is queued, in flight and finished per shard."""
+    """Processes `plans` (images of uncommitted shards, in order, read as needed) and commits
+    their shards. Holds the scheduling state: what is in flight and finished per shard.
+    shard_size(shard): how many images the plan puts in that shard."""
 
     def __init__(
         self,
-        plans: Sequence[ImagePlan],
+        plans: Iterable[ImagePlan],
         *,
+        shard_size: Callable[[int], int],
         workers: list[Any],
         storage: Storage,
         generator_config: GeneratorConfig,
@@ -122,19 +148,22 @@ class Pipeline:
         resources: Resources,
         on_image: Callable[[ManifestRow], None] = lambda row: None,
         on_shard: Callable[[ShardInfo], None] = lambda info: None,
+        should_stop: Callable[[], str | None] = lambda: None,
     ) -> None:
-        self.queue = deque(plans)
+        self.queue: Iterator[ImagePlan] = iter(plans)
+        self.pending: ImagePlan | None = next(self.queue, None)
+        self.shard_size = shard_size
         self.workers = workers
         self.queued = [0] * len(workers)
         self.remaining: dict[int, int] = {}
-        for plan in plans:
-            self.remaining[plan.shard] = self.remaining.get(plan.shard, 0) + 1
-        self.rows: dict[int, list[ManifestRow]] = {shard: [] for shard in self.remaining}
+        self.rows: dict[int, list[ManifestRow]] = {}
         self.images: dict[Any, tuple[ImagePlan, int]] = {}
         self.commits: dict[Any, int] = {}
         self.storage = storage
         self.resources = resources
-        self.on_image, self.on_shard = on_image, on_shard
+        self.on_image, self.on_shard, self.should_stop = on_image, on_shard, should_stop
+        self.stalled_since: float | None = None
+        self.retries: dict[int, int] = {}
         cpus = resources.cpus_per_task
         task: Any = ray.remote(num_cpus=cpus, max_retries=TASK_RETRIES)
         self.decode = task(decode_source)
@@ -154,10 +183,12 @@ class Pipeline:
 
     def _schedule(self) -> list[ShardInfo]:
         shards: list[ShardInfo] = []
-        while self.queue or self.images or self.commits:
-            while self.queue and len(self.images) < self.resources.in_flight:
-                self._submit(self.queue.popleft())
-            ready, _ = ray.wait([*self.images, *self.commits], num_returns=1)
+        while self.pending is not None or self.images or self.commits:
+            while self.pending is not None and len(self.images) < self.resources.in_flight:
+                self._submit(self.pending)
+                self.pending = next(self.queue, None)
+            ready, _ = ray.wait([*self.images, *self.commits], num_returns=1, timeout=CHECK_S)
+            self._check(progress=bool(ready))
             for ref in ready:
                 if ref in self.images:
                     self._image_done(ref)
@@ -168,7 +199,30 @@ class Pipeline:
                     self.on_shard(info)
         return sorted(shards, key=lambda info: info.shard)
 
+    def _check(self, *, progress: bool) -> None:
+        """Stop when told to, or when no node can host a model worker for too long."""
+        reason = self.should_stop()
+        if reason:
+            raise JobStopped(reason)
+        if progress:
+            self.stalled_since = None
+            return
+        now = time.monotonic()
+        self.stalled_since = self.stalled_since or now
+        if now - self.stalled_since < CHECK_S or _can_host(self.resources.actor_needs()):
+            return
+        if now - self.stalled_since >= self.resources.capacity_wait_s:
+            needs = ", ".join(f"{k}={v:g}" for k, v in self.resources.actor_needs().items())
+            raise JobStopped(
+                f"no node of the cluster can host a model worker ({needs}) for "
+                f"{self.resources.capacity_wait_s:g} s (a node was lost?); committed shards "
+                "are kept: rerun the job when the capacity is back"
+            )
+
     def _submit(self, plan: ImagePlan) -> None:
+        if plan.shard not in self.remaining:
+            self.remaining[plan.shard] = self.shard_size(plan.shard)
+            self.rows[plan.shard] = []
         worker = min(range(len(self.workers)), key=lambda i: self.queued[i])
         decoded = self.decode.remote(plan.source, self.image_options, self.storage_options)
         candidates = self.workers[worker].generate.remote(decoded)
@@ -187,9 +241,17 @@ class Pipeline:
         self.queued[worker] -= 1
         try:
             row: ManifestRow = ray.get(ref)
+        except RayActorError as error:
+            cause = getattr(error, "cause", None) or error
+            if isinstance(cause, ActorUnavailableError) and self._retry(plan):
+                return  # the worker is restarting (its node was lost?): send the image again
+            raise JobStopped(
+                f"a model worker is gone ({type(cause).__name__}: {_one_line(cause)}); "
+                "committed shards are kept: rerun the job to resume"
+            ) from error
         except RayTaskError as error:
             # An unexpected failure on one image: an error row, and the job goes on.
-            message = str(error.cause if error.cause else error).strip().splitlines()
+            message = _one_line(error.cause if error.cause else error)
             row = ManifestRow(
                 image_id=plan.image_id,
                 source=plan.source.source,
@@ -199,11 +261,34 @@ class Pipeline:
                 height=0,
                 num_masks=0,
                 status=STATUS_ERROR,
-                error=f"internal error: {message[0] if message else type(error).__name__}",
+                error=f"internal error: {message}",
             )
         self.rows[plan.shard].append(row)
         self.on_image(row)
         self.remaining[plan.shard] -= 1
         if self.remaining[plan.shard] == 0:
+            del self.remaining[plan.shard]
             commit = self.commit.remote(self.storage, plan.shard, self.rows.pop(plan.shard))
             self.commits[commit] = plan.shard
+
+    def _retry(self, plan: ImagePlan) -> bool:
+        tries = self.retries.get(plan.image_id, 0)
+        if tries >= TASK_RETRIES:
+            return False
+        self.retries[plan.image_id] = tries + 1
+        self._submit(plan)
+        return True
+
+
+def _can_host(needs: dict[str, float]) -> bool:
+    """Whether some alive node of the cluster has (in total) what a model worker needs."""
+    for node in ray.nodes():
+        total = node.get("Resources", {})
+        if node.get("Alive") and all(total.get(k, 0.0) >= v for k, v in needs.items()):
+            return True
+    return False
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -170,8 +170,9 @@ class ModelWorker:
             self.busy_seconds += self.last_end - start
             self.num_images += 1
 
-    def stats(self) -> dict[str, float]:
-        """busy_fraction: time spent generating over the time since the first image."""
+    def stats(self) -> dict[str, Any]:
+        """busy_fraction: time spent generating over the time since the first image;
+        node_id: the Ray node this worker runs on ('' outside Ray)."""
         span = (self.last_end - self.first_start) if self.first_start else 0.0
         return {
             "images": float(self.num_images),
@@ -179,6 +180,7 @@ class ModelWorker:
             "span_seconds": span,
             "busy_fraction": self.busy_seconds / span if span > 0 else 0.0,
             "pid": float(os.getpid()),
+            "node_id": _node_id(),
         }
 
 
@@ -202,15 +204,15 @@ def finish_image(
         )
     ]
     height, width = decoded.size_hw
-    record = {
-        "image": {
-            "image_id": plan.image_id,
-            "width": width,
-            "height": height,
-            "file_name": f"{plan.key}.jpg",
-        },
-        "annotations": annotations,
+    image: dict[str, Any] = {
+        "image_id": plan.image_id,
+        "width": width,
+        "height": height,
+        "file_name": f"{plan.key}.jpg",
     }
+    if decoded.blurred is not None:
+        image["privacy_blurred"] = decoded.blurred  # regions blurred before generation
+    record = {"image": image, "annotations": annotations}
     storage.write_bytes(staged_path(plan.shard, plan.key, "jpg"), decoded.jpeg)
     storage.write_bytes(staged_path(plan.shard, plan.key, "json"), dumps_json(record))
     return _row(plan, width, height, len(annotations), STATUS_OK, "")
@@ -254,6 +256,12 @@ def _row(
         status=status,
         error=error,
     )
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def _one_line(error: BaseException) -> str:

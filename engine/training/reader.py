@@ -1,24 +1,33 @@
 """Training samples from SA-1B-format data: this project's tar shards, SA-1B's own tars, or
 SA-1B's flat layout (`sa_*.jpg` + `sa_*.json` in a folder).
 
-The index lists every image once (sorted by key) with the byte ranges of its jpg and json, so
-any sample can be read on its own: a step's global batch is a slice of one seeded
-permutation, and each distributed worker reads its own part of that slice. The same seed
-gives the same samples whatever the number of workers.
+Two ways in:
+- Streaming (`stream_samples`): `webdataset.WebDataset` over the tar shards, each read once
+  from start to end (local or any fsspec/`pipe:` URL). Per epoch, a seeded permutation of
+  the shards (the same on every node), split by node (rank) and by DataLoader worker; a
+  stream resumes by skipping the samples it already gave, before they are decoded. For data
+  too large to index, e.g. SA-1B's 1000 tars of ~11k images.
+- Random access (`build_index` + `load_sample`): every image once (sorted by key) with the
+  byte ranges of its jpg and json, so any sample can be read on its own. Where it is
+  needed: evaluation (a fixed held-out subset), the stage-2 detector (images by key), and
+  the trainer, whose global batch is a slice of one seeded permutation over all images so
+  that 1 and N workers see the same samples (the tested reproducibility contract).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import webdataset
 from fsspec.core import url_to_fs
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -134,8 +143,30 @@ def load_sample(
     """Decode one image and up to `max_masks` of its masks (sampled with rng), resized so
     the long side is `image_size` and padded to image_size x image_size. Masks smaller than
     min_mask_area pixels after resizing are skipped."""
-    record = json.loads(entry.annotations.read_bytes())
-    rgb = np.asarray(Image.open(io.BytesIO(entry.image.read_bytes())).convert("RGB"))
+    return decode_sample(
+        entry.key,
+        entry.image.read_bytes(),
+        entry.annotations.read_bytes(),
+        image_size=image_size,
+        max_masks=max_masks,
+        min_mask_area=min_mask_area,
+        rng=rng,
+    )
+
+
+def decode_sample(
+    key: str,
+    jpg: bytes,
+    json_bytes: bytes,
+    *,
+    image_size: int,
+    max_masks: int,
+    min_mask_area: int = 8,
+    rng: np.random.Generator,
+) -> TrainingSample:
+    """`load_sample` on bytes already read (a streamed sample)."""
+    record = json.loads(json_bytes)
+    rgb = np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB"))
     height, width = rgb.shape[:2]
     scale = image_size / max(height, width)
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
@@ -151,7 +182,7 @@ def load_sample(
         if mask.sum() >= min_mask_area:
             masks.append(F.pad(mask, (0, image_size - new_w, 0, image_size - new_h)))
     stacked = torch.stack(masks) if masks else torch.zeros(0, image_size, image_size)
-    return TrainingSample(image=image.clamp(0, 255), masks=stacked, key=entry.key)
+    return TrainingSample(image=image.clamp(0, 255), masks=stacked, key=key)
 
 
 def _resized_mask(segmentation: dict[str, Any], size: tuple[int, int]) -> torch.Tensor:
@@ -162,3 +193,76 @@ def _resized_mask(segmentation: dict[str, Any], size: tuple[int, int]) -> torch.
     mask = torch.from_numpy(mask_utils.decode(rle).astype(np.float32))
     resized = F.interpolate(mask[None, None], size, mode="bilinear", align_corners=False)
     return (resized[0, 0] >= 0.5).float()
+
+
+@dataclass(frozen=True)
+class RawSample:
+    """One streamed image before decoding: its key and the bytes of its jpg and json."""
+
+    key: str
+    jpg: bytes
+    json: bytes
+
+
+def shard_urls(paths: Iterable[str]) -> list[str]:
+    """The tar shards of the given datasets (tar files, or folders holding them), sorted
+    within each dataset."""
+    urls: list[str] = []
+    for path in paths:
+        fs, root = url_to_fs(str(path))
+        if root.endswith(".tar"):
+            urls.append(str(path))
+            continue
+        if not fs.isdir(root):
+            raise TrainingDataError(f"training data not found: {path}")
+        found = sorted(n for n in fs.find(root) if n.endswith(".tar") and "/." not in n)
+        if not found:
+            raise TrainingDataError(f"no tar shards in {path}")
+        local = fs.protocol in ("file", ("file", "local"))
+        urls += [name if local else fs.unstrip_protocol(name) for name in found]
+    return urls
+
+
+def stream_samples(
+    urls: list[str],
+    *,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    skip: int = 0,
+) -> webdataset.WebDataset:
+    """The samples of one epoch for one rank: a `webdataset.WebDataset` (an iterable of
+    RawSample; a torch IterableDataset, so a DataLoader with workers splits it further by
+    worker). Shards follow the seeded permutation of (seed, epoch), the same on every node;
+    rank r reads shards r, r + world_size, ... of it. `skip`: samples of this stream (or,
+    under a DataLoader, of each worker's stream) already consumed: dropped before they are decoded,
+    so a resumed run goes on where it stopped."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    if len(urls) < world_size:
+        raise TrainingDataError(
+            f"{len(urls)} shard(s) for {world_size} ranks: each rank needs at least one"
+        )
+    order = [urls[i] for i in epoch_order(len(urls), seed=seed, epoch=epoch)]
+    dataset = webdataset.WebDataset(
+        order,
+        shardshuffle=False,  # shuffled above, identically on every node
+        nodesplitter=functools.partial(_split_by_rank, rank=rank, world_size=world_size),
+        workersplitter=webdataset.split_by_worker,
+        empty_check=False,
+    )
+    return dataset.slice(skip, None).map(_raw_sample)
+
+
+def _split_by_rank(urls: Iterable[Any], *, rank: int, world_size: int) -> Iterator[Any]:
+    for index, url in enumerate(urls):
+        if index % world_size == rank:
+            yield url
+
+
+def _raw_sample(sample: dict[str, Any]) -> RawSample:
+    key = str(sample["__key__"]).rsplit("/", 1)[-1]
+    if "jpg" not in sample or "json" not in sample:
+        raise TrainingDataError(f"{sample.get('__url__', '?')}: {key} lacks its jpg or json")
+    return RawSample(key=key, jpg=sample["jpg"], json=sample["json"])

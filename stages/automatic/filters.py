@@ -1,8 +1,9 @@
-"""Mask filters as pure functions returning keep masks, and greedy box NMS."""
+"""Mask filters as pure functions returning keep masks, and greedy box NMS (torchvision)."""
 
 from __future__ import annotations
 
 import torch
+from torchvision.ops import batched_nms, box_iou
 
 
 def stability_score(logits: torch.Tensor, mask_threshold: float, offset: float) -> torch.Tensor:
@@ -47,28 +48,15 @@ def keep_by_area_fraction(
 
 
 def box_iou_matrix(boxes: torch.Tensor) -> torch.Tensor:
-    """N x 4 XYXY float -> N x N IoU (areas without +1)."""
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    top_left = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    bottom_right = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    wh = (bottom_right - top_left).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (area[:, None] + area[None, :] - inter)
+    """N x 4 XYXY float -> N x N IoU (areas without +1): torchvision's `box_iou`."""
+    return box_iou(boxes, boxes)
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float) -> torch.Tensor:
-    """Greedy NMS: indices of kept boxes by descending score (ties keep input order).
-    A box is suppressed by a kept, higher-ranked box whose IoU with it exceeds iou_thresh."""
+    """Greedy NMS with torchvision's compiled op (what the official generator uses):
+    indices of kept boxes by descending score; a box is suppressed by a kept, higher-ranked
+    box whose IoU with it exceeds iou_thresh. All boxes form one category."""
     if boxes.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    order = torch.sort(scores, descending=True, stable=True).indices
-    overlaps = (box_iou_matrix(boxes[order].float()) > iou_thresh).cpu().numpy()
-    alive = [True] * len(order)
-    kept = []
-    for rank in range(len(order)):
-        if not alive[rank]:
-            continue
-        kept.append(rank)
-        for other in overlaps[rank, rank + 1 :].nonzero()[0]:
-            alive[rank + 1 + other] = False
-    return order[torch.as_tensor(kept, device=order.device)]
+    categories = torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device)
+    return batched_nms(boxes.float(), scores.float(), categories, iou_thresh)

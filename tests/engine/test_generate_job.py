@@ -212,3 +212,33 @@ def test_tar_shards_can_be_reprocessed(reference: Path, tmp_path: Path) -> None:
         f"sa_{i}.jpg" for i in range(1, NUM_PHOTOS + 1)
     ]
     assert all(r["status"] == "ok" for r in rows)
+
+
+def test_a_second_job_into_a_running_jobs_output_is_refused(
+    reference: Path, photos: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "dataset"
+    first = start_saengine(*_args(photos, output), log=tmp_path / "first.log")
+    wait_for(lambda: (output / ".lock").exists(), "the first job's lock", first)
+    second = run_saengine(*_args(photos, output))
+    assert second.returncode == 2, second.stderr
+    (line,) = [x for x in second.stderr.splitlines() if x.startswith("saengine: error:")]
+    assert "in use by another job" in line and f"pid {first.pid} on " in line
+    assert first.wait(timeout=TIMEOUT_S) == 0, (tmp_path / "first.log").read_text()[-2000:]
+    assert dataset_files(output) == dataset_files(reference)
+
+
+def test_an_internal_error_names_its_traceback_log(photos: Path, tmp_path: Path) -> None:
+    """A damaged plan in the output is not the user's input: one line, and the log."""
+    output = tmp_path / "dataset"
+    output.mkdir()
+    plan = {"input": [str(photos)], "num_images": NUM_PHOTOS, "sources_sha256": "0" * 64}
+    (output / "plan.json").write_text(json.dumps(plan))
+    (output / "plan.parquet").write_bytes(b"not a parquet file")
+    result = run_saengine(*_args(photos, output))
+    assert result.returncode == 1, result.stderr[-2000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("saengine: error:")]
+    assert line.startswith("saengine: error: internal error: ") and "Traceback" not in result.stderr
+    log = Path(line.rsplit("full traceback in ", 1)[1].rstrip(")"))
+    assert log.parent.parent == output / "runs" and log.name == "error.log"
+    assert "Traceback" in log.read_text() and "plan" in log.read_text()
