@@ -29,6 +29,7 @@ commands:
   train      train SAM on SA-1B-format data with the paper's interactive recipe
   evaluate   a model's held-out metrics (1-point mIoU, clicks, generator recall)
   round      one retraining round: train, evaluate, register, promote if better
+  detector   stage 2's box detector on SAM embeddings: train, evaluate, round
 
 Options are Hydra overrides (key=value, see `saengine <command> --help`), for example:
   saengine generate input=photos/ output=out/ model=vit_h model.checkpoint=sam_vit_h_4b8939.pth
@@ -82,7 +83,11 @@ def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def _command_help(config_name: str) -> str:
+def _command_help(config_name: str, args: list[str] | None = None) -> str:
+    if config_name == "detector":
+        from engine.detection.commands import detector_help
+
+        return detector_help(args or [])
     text = resources.files("configs").joinpath(f"{config_name}.yaml").read_text()
     groups = ""
     if config_name == "generate":
@@ -163,6 +168,12 @@ def _round(overrides: list[str]) -> None:
     run_round_command(compose_config("round", overrides))
 
 
+def _detector(overrides: list[str]) -> None:
+    from engine.detection.commands import run_detector_command
+
+    run_detector_command(overrides)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], None]]] = {
     "generate": ("generate", _generate),
     "inspect": ("inspect", _inspect),
@@ -170,6 +181,7 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], None]]] = {
     "train": ("train", _train),
     "evaluate": ("evaluate", _evaluate),
     "round": ("round", _round),
+    "detector": ("detector", _detector),
 }
 
 
@@ -202,7 +214,7 @@ def _main(args: list[str]) -> None:
         _fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
     config_name, run = COMMANDS[command]
     if any(arg in ("-h", "--help") for arg in rest):
-        print(_command_help(config_name))
+        print(_command_help(config_name, rest))
         return
     try:
         run(rest)
