@@ -23,7 +23,7 @@ from engine.detection.job import (
 )
 from engine.detection.registry import DETECTOR_DIR, resolve_detector_reference
 from engine.detection.rounds import check_metric, run_detector_round
-from engine.detection.trainer import DetectorTrainConfig
+from engine.detection.trainer import DetectorTrainConfig, resolve_device
 from stages.semi.detector import DetectorConfig
 from stages.semi.inference import load_detector
 
@@ -141,6 +141,8 @@ def run_train(cfg: DictConfig) -> None:
     job = build_job(cfg, cfg)
     with _maybe_ray(cfg, job.workers > 0 or job.embed.actors > 0):
         metadata = run_detector_job(job)
+    output = Path(job.train.output)
+    (output / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     print(format_metrics(metadata.metrics))
     print(f"detector: {Path(job.train.output) / DETECTOR_FILE}")
 
@@ -173,7 +175,7 @@ def default_cache(detector_file: str) -> str:
 
 def run_evaluate(cfg: DictConfig) -> None:
     path = resolve_detector_reference(str(cfg.checkpoint))
-    detector, metadata = load_detector(path)
+    detector, metadata = load_detector(path, device=resolve_device(str(cfg.device)))
     model_config = _plain(cfg.model) if cfg.get("model") else metadata.sam_model
     if not model_config:
         raise ValueError(f"{path} does not record its SAM: give model=... (and model.checkpoint)")
@@ -196,6 +198,7 @@ def run_evaluate(cfg: DictConfig) -> None:
         store,
         target_precision=float(target),
         score_thresh=detector.confident_thresh,
+        progress=True,
     )
     print(format_metrics(metrics))
     if cfg.output:

@@ -34,12 +34,20 @@ Predictions = list[tuple[np.ndarray, np.ndarray]]
 
 
 def predict_images(
-    detector: BoxDetector, images: list[DetectionImage], store: EmbeddingStore, *, batch: int = 8
+    detector: BoxDetector,
+    images: list[DetectionImage],
+    store: EmbeddingStore,
+    *,
+    batch: int = 8,
+    progress: bool = False,
 ) -> Predictions:
     """Every detection above the detector's score floor, per image (boxes in stored-image
     pixels, scores)."""
+    from tqdm import tqdm
+
     found: Predictions = []
-    for start in range(0, len(images), batch):
+    starts = range(0, len(images), batch)
+    for start in tqdm(starts, desc="detect", unit="batch", disable=not progress):
         chunk = images[start : start + batch]
         embeddings = np.stack([store.read(image.digest) for image in chunk])
         sizes = [image.original_size for image in chunk]
@@ -134,13 +142,14 @@ def evaluate_detector(
     *,
     target_precision: float,
     score_thresh: float | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """The held-out metrics (module docstring): COCO numbers, recall_50, the threshold
     chosen here for target_precision ("chosen"), and precision / recall / detections per
     image at score_thresh ("at_threshold", when given)."""
     if not images:
         raise ValueError("no held-out images to evaluate on")
-    predictions = predict_images(detector, images, store)
+    predictions = predict_images(detector, images, store, progress=progress)
     num_objects = int(sum(len(image.boxes_xyxy) for image in images))
     if num_objects == 0:
         raise ValueError("the held-out images have no annotated objects")

@@ -25,11 +25,12 @@ from engine.detection.data import (
 )
 from engine.detection.embedding import in_process_embedder, ray_embedder
 from engine.detection.evaluate import evaluate_detector
+from engine.detection.launch import train_in_process, train_with_ray
 from engine.detection.trainer import (
     DetectorTrainConfig,
     TrainingInputs,
-    train_in_process,
-    train_with_ray,
+    resolve_device,
+    saved_state,
     trained_detector,
 )
 from engine.embeddings import EmbeddingStore
@@ -106,7 +107,7 @@ def prepare_sam(model_config: dict[str, Any], embed: EmbedSettings) -> PreparedS
     sam = instantiate(model_config)
     sha = weights_sha256(sam)
     embedder = (
-        in_process_embedder(sam)
+        in_process_embedder(sam.to(resolve_device(embed.device)))
         if embed.actors == 0
         else ray_embedder(
             model_config=model_config,
@@ -144,27 +145,32 @@ def run_detector_job(job: DetectorJob, *, parent: str | None = None) -> Detector
     store = embedding_store(cache, sam.sha256)
     train_images = collect(job.train.data, sam, store, "embed training images")
     eval_images = collect(job.eval_data, sam, store, "embed held-out images")
-    write_images(output / TRAIN_IMAGES, train_images)
-    write_images(output / EVAL_IMAGES, eval_images)
     detector_config = DetectorConfig(
         **{**_plain(job.detector), "embed_dim": sam.embed_dim, "image_size": sam.image_size}
     )
+    sam_sha256 = sam.sha256
+    del sam  # the SAM (and its in-process embedder) is not needed from here on
     inputs = TrainingInputs(
         images_file=str(output / TRAIN_IMAGES),
         embeddings_root=store.storage.root_url,
-        sam_weights_sha256=sam.sha256,
+        sam_weights_sha256=sam_sha256,
         detector=detector_config,
         embeddings_options=store.storage.options,
     )
+    saved_state(job.train, inputs, train_images)  # another run's output: refuse, touch nothing
+    write_images(output / TRAIN_IMAGES, train_images)
+    write_images(output / EVAL_IMAGES, eval_images)
     if job.workers > 0:
         train_with_ray(job.train, inputs, workers=job.workers, use_gpu=job.use_gpu)
     else:
         train_in_process(job.train, inputs)
-    detector = trained_detector(output, inputs)
-    metrics = evaluate_detector(detector, eval_images, store, target_precision=job.target_precision)
+    detector = trained_detector(output, inputs, device=job.train.device)
+    metrics = evaluate_detector(
+        detector, eval_images, store, target_precision=job.target_precision, progress=True
+    )
     (output / EVAL_METRICS).write_text(json.dumps(metrics, indent=2))
     metadata = DetectorMetadata(
-        sam_weights_sha256=sam.sha256,
+        sam_weights_sha256=sam_sha256,
         sam_model=job.model_config,
         score_thresh=float(metrics["chosen"]["score_thresh"]),
         target_precision=job.target_precision,

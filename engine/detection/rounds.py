@@ -23,6 +23,7 @@ from engine.detection.job import (
     run_detector_job,
 )
 from engine.detection.registry import DetectorRegistry, DetectorRoundRecord
+from engine.detection.trainer import resolve_device
 from stages.semi.inference import DetectorMetadata, load_detector
 
 METRICS = ("ap", "ap50", "ap75", "ar", "recall_50")
@@ -91,7 +92,7 @@ def _parent_metrics(
     embeddings; otherwise None and a note for the reason."""
     if not parent_file:
         return None, ""
-    detector, parent = load_detector(parent_file)
+    detector, parent = load_detector(parent_file, device=resolve_device("auto"))
     if parent.sam_weights_sha256 != metadata.sam_weights_sha256:
         return None, " (the parent takes another SAM's embeddings: its recorded metrics)"
     store = embedding_store(cache, metadata.sam_weights_sha256)

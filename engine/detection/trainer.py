@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.detection.data import read_images
+from engine.detection.data import DetectionImage, read_images
 from engine.embeddings import EmbeddingStore
 from engine.storage import Storage
 from engine.training.reader import global_batch_indices, worker_share
@@ -113,11 +113,61 @@ class DetectorStep:
     images: int
 
 
+def resolve_device(name: str) -> torch.device:
+    """'auto': CUDA when there is a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def learning_rate_factor(step: int, config: DetectorTrainConfig) -> float:
     """Linear warmup, then step decay at the `decay_at` fractions of the run."""
     warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
     drops = sum(step >= math.ceil(f * config.steps) for f in config.decay_at)
     return warm * config.decay_factor**drops
+
+
+def run_identity(
+    config: DetectorTrainConfig, inputs: TrainingInputs, images: list[DetectionImage]
+) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues: its settings, the
+    architecture, the SAM, and every image's digest and training boxes."""
+    digest = hashlib.sha256()
+    size = inputs.detector.image_size
+    for image in images:
+        boxes = training_boxes(
+            image.boxes_xyxy, image.original_size, size, min_side=config.min_box_side
+        )
+        digest.update(image.digest.encode())
+        digest.update(boxes.numpy().tobytes())
+    plain = {**config.identity(), "data": list(config.data), "decay_at": list(config.decay_at)}
+    return {
+        "config": plain,
+        "detector": {**asdict(inputs.detector), "scales": list(inputs.detector.scales)},
+        "sam_weights_sha256": inputs.sam_weights_sha256,
+        "targets": digest.hexdigest(),
+    }
+
+
+def saved_state(
+    config: DetectorTrainConfig,
+    inputs: TrainingInputs,
+    images: list[DetectionImage],
+    *,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any] | None:
+    """The saved training state of the run in config.output (None: none yet); ValueError
+    when it is another run's (other settings, SAM or data)."""
+    path = Path(config.output) / STATE_FILE
+    if not path.exists():
+        return None
+    state: dict[str, Any] = torch.load(path, map_location=device, weights_only=True)
+    if state["identity"] != run_identity(config, inputs, images):
+        raise ValueError(
+            f"{config.output} holds a detector training run with other settings or data; "
+            "use another output"
+        )
+    return state
 
 
 class DetectorTrainer:
@@ -134,10 +184,7 @@ class DetectorTrainer:
         if config.batch_size < world_size:
             raise ValueError(f"batch_size {config.batch_size} is below the {world_size} workers")
         self.config, self.inputs, self.rank, self.world_size = config, inputs, rank, world_size
-        device = config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         self.detector = BoxDetector(inputs.detector).to(self.device)
         if config.init_checkpoint:
@@ -166,30 +213,12 @@ class DetectorTrainer:
         self.detector.load_state_dict(start.state_dict())
 
     def identity(self) -> dict[str, Any]:
-        digest = hashlib.sha256()
-        for image, boxes in zip(self.images, self.boxes):
-            digest.update(image.digest.encode())
-            digest.update(boxes.numpy().tobytes())
-        detector = {**asdict(self.inputs.detector), "scales": list(self.inputs.detector.scales)}
-        config = {**self.config.identity(), "data": list(self.config.data)}
-        config["decay_at"] = list(self.config.decay_at)
-        return {
-            "config": config,
-            "detector": detector,
-            "sam_weights_sha256": self.inputs.sam_weights_sha256,
-            "targets": digest.hexdigest(),
-        }
+        return run_identity(self.config, self.inputs, self.images)
 
     def _resume(self) -> None:
-        path = self.output / STATE_FILE
-        if not path.exists():
+        state = saved_state(self.config, self.inputs, self.images, device=self.device)
+        if state is None:
             return
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        if state["identity"] != self.identity():
-            raise ValueError(
-                f"{self.output} holds a detector training run with other settings or data; "
-                "use another output"
-            )
         self.detector.load_state_dict(state["detector"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
@@ -215,7 +244,7 @@ class DetectorTrainer:
                 self.save()
         return results
 
-    def _batch(self, indices: list[int]) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    def load_batch(self, indices: list[int]) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
         arrays = [self.store.read(self.images[i].digest) for i in indices]
         embeddings = torch.from_numpy(np.stack(arrays)).to(self.device, torch.float32)
         targets = [detection_targets(self.boxes[i].to(self.device)) for i in indices]
@@ -229,7 +258,7 @@ class DetectorTrainer:
         indices = global_batch_indices(
             len(self.images), seed=config.seed, step=self.step, batch_size=config.batch_size
         )
-        embeddings, targets = self._batch(worker_share(indices, self.rank, self.world_size))
+        embeddings, targets = self.load_batch(worker_share(indices, self.rank, self.world_size))
         self.optimizer.zero_grad(set_to_none=False)
         sums = self.detector.losses(embeddings, targets)
         local = [float(sums["num_foreground"])] + [float(sums[n].detach()) for n in LOSS_NAMES]
@@ -296,12 +325,14 @@ class DetectorTrainer:
         os.replace(temporary, path)
 
 
-def trained_detector(output: str | Path, inputs: TrainingInputs) -> BoxDetector:
+def trained_detector(
+    output: str | Path, inputs: TrainingInputs, *, device: str = "auto"
+) -> BoxDetector:
     """The detector of a finished (or interrupted) run, from its saved state, in eval mode."""
     state = torch.load(Path(output) / STATE_FILE, map_location="cpu", weights_only=True)
     detector = BoxDetector(inputs.detector)
     detector.load_state_dict(state["detector"])
-    return detector.eval()
+    return detector.to(resolve_device(device)).eval()
 
 
 def read_steps(output: str | Path) -> list[dict[str, Any]]:
@@ -314,69 +345,3 @@ def read_steps(output: str | Path) -> list[dict[str, Any]]:
         record = json.loads(line)
         by_step[record["step"]] = record
     return [by_step[step] for step in sorted(by_step)]
-
-
-def train_in_process(
-    config: DetectorTrainConfig,
-    inputs: TrainingInputs,
-    report: Callable[[DetectorStep], None] | None = None,
-) -> list[DetectorStep]:
-    """Train in this process with a progress bar (loss and its terms)."""
-    from tqdm import tqdm
-
-    trainer = DetectorTrainer(config, inputs)
-    with tqdm(total=config.steps, initial=trainer.step, unit="step", desc="detector") as bar:
-
-        def on_step(result: DetectorStep) -> None:
-            bar.set_postfix(loss=f"{result.loss:.3f}", cls=f"{result.classification:.3f}")
-            bar.update(1)
-            if report is not None:
-                report(result)
-
-        return trainer.run(on_step)
-
-
-def train_with_ray(
-    config: DetectorTrainConfig, inputs: TrainingInputs, *, workers: int, use_gpu: bool = False
-) -> list[dict[str, Any]]:
-    """The same loop on `workers` Ray Train workers (TorchTrainer: gloo on CPU, NCCL on GPU),
-    on the Ray that is initialized (or a local one). Returns the recorded steps."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    output = Path(config.output).resolve()
-    trainer = TorchTrainer(
-        _ray_train_loop,
-        train_loop_config={"config": asdict(config), "inputs": asdict(inputs)},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-        run_config=RunConfig(storage_path=str(output / "ray"), name="detector"),
-    )
-    trainer.fit()
-    return read_steps(output)
-
-
-def config_from_dict(plain: dict[str, Any]) -> DetectorTrainConfig:
-    fields = {**plain, "data": tuple(plain["data"]), "decay_at": tuple(plain["decay_at"])}
-    return DetectorTrainConfig(**fields)
-
-
-def inputs_from_dict(plain: dict[str, Any]) -> TrainingInputs:
-    detector = {**plain["detector"], "scales": tuple(plain["detector"]["scales"])}
-    return TrainingInputs(**{**plain, "detector": DetectorConfig(**detector)})
-
-
-def _ray_train_loop(loop_config: dict[str, Any]) -> None:
-    import ray.train
-
-    context = ray.train.get_context()
-    config = config_from_dict(loop_config["config"])
-    inputs = inputs_from_dict(loop_config["inputs"])
-    trainer = DetectorTrainer(
-        config, inputs, rank=context.get_world_rank(), world_size=context.get_world_size()
-    )
-
-    def report(result: DetectorStep) -> None:
-        if result.step % config.log_every == 0 or result.step == config.steps:
-            ray.train.report({"step": result.step, "loss": result.loss})
-
-    trainer.run(report)

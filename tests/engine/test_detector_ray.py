@@ -12,7 +12,8 @@ import torch
 
 from engine.detection.data import collect_images, write_images
 from engine.detection.embedding import in_process_embedder, ray_embedder
-from engine.detection.trainer import STATE_FILE, DetectorTrainConfig, TrainingInputs, train_with_ray
+from engine.detection.launch import train_with_ray
+from engine.detection.trainer import STATE_FILE, DetectorTrainConfig, TrainingInputs
 from engine.embeddings import EmbeddingStore
 from engine.models import load_model, weights_sha256
 from engine.storage import Storage

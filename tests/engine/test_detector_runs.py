@@ -199,6 +199,15 @@ def test_resume_continues_the_same_run(data: dict[str, str], trained: Path, tmp_
         DetectorTrainer(replace(interrupted, lr=1e-2), inputs)
 
 
+def test_a_job_into_another_runs_output_changes_nothing(
+    data: dict[str, str], trained: Path
+) -> None:
+    before = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match="other settings"):
+        run_detector_job(_job(data, trained, lr=1e-2))
+    assert {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()} == before
+
+
 def test_rounds_register_beside_the_sam_rounds(
     data: dict[str, str], trained: Path, tmp_path: Path
 ) -> None:
