@@ -290,3 +290,17 @@ def test_coco_metrics_and_recall_for_partial_and_shifted_detections() -> None:
     scores, right = matched_detections([_image(boxes)], predictions)
     assert right.all() and len(scores) == 5  # recall at IoU 0.5: 5 of 10 objects
     assert coco_box_metrics([_image(boxes)], [(boxes[:0], scores[:0])], max_dets=300)["ap"] == 0
+
+
+def test_boxes_of_real_sa1b_masks_extend_their_bbox_by_one_pixel() -> None:
+    """SA-1B's `bbox` is [x_min, y_min, x_max - x_min, y_max - y_min] of the mask's pixels and
+    `area` its pixel count: the extents here end one pixel further."""
+    import json
+
+    record = json.loads((Path(__file__).parents[1] / "data" / "sa1b_sample.json").read_text())
+    annotations = record["annotations"]
+    boxes, areas = boxes_from_segmentations([a["segmentation"] for a in annotations])
+    for annotation, box, area in zip(annotations, boxes, areas):
+        x, y, w, h = annotation["bbox"]
+        assert box.tolist() == [x, y, x + w + 1, y + h + 1]
+        assert area == annotation["area"]
