@@ -34,6 +34,7 @@ commands:
   round      one retraining round: train, evaluate, register, promote if better
   campaign   annotation campaigns: create, serve, embed, simulate, round, export, stats
   export-onnx  the browser decoder (prompts -> masks) as ONNX, optionally quantized
+  detector   stage 2's box detector on SAM embeddings: train, evaluate, round
 
 Options are Hydra overrides (key=value, see `saengine <command> --help`), for example:
   saengine generate input=photos/ output=out/ model=vit_h model.checkpoint=sam_vit_h_4b8939.pth
@@ -107,7 +108,11 @@ def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def _command_help(config_name: str) -> str:
+def _command_help(config_name: str, args: list[str] | None = None) -> str:
+    if config_name == "detector":
+        from engine.detection.commands import detector_help
+
+        return detector_help(args or [])
     text = resources.files("configs").joinpath(f"{config_name}.yaml").read_text()
     groups = ""
     models = sorted(
@@ -226,6 +231,12 @@ def _export_onnx(overrides: list[str]) -> None:
             print(f"{label}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+def _detector(overrides: list[str]) -> None:
+    from engine.detection.commands import run_detector_command
+
+    run_detector_command(overrides)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], None]]] = {
     "generate": ("generate", _generate),
     "inspect": ("inspect", _inspect),
@@ -235,6 +246,7 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], None]]] = {
     "round": ("round", _round),
     "campaign": ("campaign", _campaign),
     "export-onnx": ("export_onnx", _export_onnx),
+    "detector": ("detector", _detector),
 }
 
 
@@ -267,7 +279,7 @@ def _main(args: list[str]) -> None:
         _fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
     config_name, run = COMMANDS[command]
     if command != "campaign" and any(arg in ("-h", "--help") for arg in rest):
-        print(_command_help(config_name))
+        print(_command_help(config_name, rest))
         return
     try:
         run(rest)
