@@ -4,18 +4,29 @@ VENV := .venv
 TEST_VENV := .venv-test
 LINTED := model stages engine jobs tests benchmarks
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench clean vendor
+
+# The annotation page's onnxruntime-web: the npm registry's package at the version pinned in
+# web/package-lock.json, its files copied into engine/campaigns/static/vendor/ (not in git),
+# so the campaign server, and a pip install made after `make`, serve them.
+VENDOR := engine/campaigns/static/vendor/vendor.json
+
+$(VENDOR): web/package.json web/package-lock.json web/vendor.sh
+	web/vendor.sh
+
+vendor: $(VENDOR)
 
 # Runtime environment: torch and the torchvision build that matches it, from the registry
 # (torchvision's compiled ops do not load with a CPU-only torch wheel of another build).
-$(VENV)/.ready: pyproject.toml
+$(VENV)/.ready: pyproject.toml $(VENDOR)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q -e .
 	touch $@
 
 # Test environment: adds the official segment-anything package (the oracle), linters and
-# the browser driver.
-$(TEST_VENV)/.ready: pyproject.toml
+# the browser driver; Chromium and ChromeDriver for the annotation page's tests (apt-get).
+$(TEST_VENV)/.ready: pyproject.toml $(VENDOR)
+	web/install-browser.sh
 	$(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/python -m pip install -q -e ".[test]"
 	touch $@
@@ -43,4 +54,4 @@ bench: $(TEST_VENV)/.ready
 	$(TEST_VENV)/bin/python -m benchmarks.bench_model
 
 clean:
-	rm -rf $(VENV) $(TEST_VENV) outputs
+	rm -rf $(VENV) $(TEST_VENV) outputs web/node_modules engine/campaigns/static/vendor
