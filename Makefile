@@ -18,14 +18,14 @@ vendor: $(VENDOR)
 
 # Runtime environment: torch and the torchvision build that matches it, from the registry
 # (torchvision's compiled ops do not load with a CPU-only torch wheel of another build).
-$(VENV)/.ready: pyproject.toml $(VENDOR)
+$(VENV)/.ready: pyproject.toml | $(VENDOR)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q -e .
 	touch $@
 
 # Test environment: adds the official segment-anything package (the oracle), linters and
 # the browser driver; Chromium and ChromeDriver for the annotation page's tests (apt-get).
-$(TEST_VENV)/.ready: pyproject.toml $(VENDOR)
+$(TEST_VENV)/.ready: pyproject.toml | $(VENDOR)
 	web/install-browser.sh
 	$(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/python -m pip install -q -e ".[test]"
@@ -43,9 +43,14 @@ test: $(TEST_VENV)/.ready lint typecheck
 unit: $(TEST_VENV)/.ready
 	$(TEST_VENV)/bin/python -m pytest -q -m "not slow"
 
+# The annotation page's JavaScript, checked with prettier (from web/, installed by make vendor).
+PAGE_SOURCES := engine/campaigns/static/*.html engine/campaigns/static/*.css \
+	engine/campaigns/static/js/*.js tests/engine/campaigns/page/*.mjs
+
 lint: $(TEST_VENV)/.ready
 	$(TEST_VENV)/bin/python -m ruff check $(wildcard $(LINTED))
 	$(TEST_VENV)/bin/python -m ruff format --check $(wildcard $(LINTED))
+	web/node_modules/.bin/prettier --config web/.prettierrc.json --check $(PAGE_SOURCES)
 
 typecheck: $(TEST_VENV)/.ready
 	$(TEST_VENV)/bin/python -m mypy
