@@ -20,6 +20,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.actions.action_builder import ActionBuilder
 from selenium.webdriver.common.actions.mouse_button import MouseButton
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "outputs" / "test-artifacts" / "webapp"
@@ -147,6 +148,13 @@ class Page:
         actions.pointer_action.pointer_up(MouseButton.LEFT)
         actions.perform()
         self.wait_idle()
+
+    def accept(self) -> None:
+        """Enter, then wait for the accepted mask to join the image's list."""
+        count = "return document.querySelectorAll('#mask-list .mask-row').length"
+        before = self.js(count)
+        self.press(Keys.ENTER)
+        self.wait(lambda: self.js(count) > before, "the accepted mask in the list")
 
     def press(self, *keys: str) -> None:
         ActionChains(self.driver).send_keys(*keys).perform()

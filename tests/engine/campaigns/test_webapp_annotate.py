@@ -173,7 +173,7 @@ def test_accepted_mask_is_what_our_torch_model_makes(page) -> None:
     page.click(250, 420)
     page.click(700, 300, right=True)
     shown = page.work_mask()
-    page.press(Keys.ENTER)
+    page.accept()
     page.wait_saved()
     page.shot("08-accepted")
     assert not page.work_mask().any()  # the next object starts empty
@@ -195,7 +195,7 @@ def test_accepted_mask_is_what_our_torch_model_makes(page) -> None:
 def test_reload_in_the_middle_of_an_object_loses_nothing(page) -> None:
     page, campaign = page
     page.drag([(60, 60), (330, 200)])
-    page.press(Keys.ENTER)
+    page.accept()
     page.click(130, 150)
     page.click(200, 100)
     in_progress = page.work_mask()
@@ -254,7 +254,7 @@ def test_large_image_masks_are_submitted_at_the_stored_size(page) -> None:
     page.drag([(300, 250), (900, 600), (1500, 1000)])
     page.click(900, 600)
     assert page.work_mask().shape == (683, 1024)
-    page.press(Keys.ENTER)
+    page.accept()
     page.wait_saved()
     page.shot("11-large-image")
     (row,) = mask_rows(campaign, TRUCK)

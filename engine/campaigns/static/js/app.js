@@ -53,6 +53,7 @@ export class App {
       changed: () => this.objectChanged(),
       decoded: (ms) => this.stats.decodeMs.push(ms),
     });
+    this.stage.onZoom = () => this.bench.drawOverlay();
     bindPointer(
       el("viewport"),
       this.stage,
@@ -67,7 +68,6 @@ export class App {
     );
     renderHelp(el("help-body"));
     window.addEventListener("online", () => this.outbox.flush());
-    window.addEventListener("resize", () => this.zoom(null));
   }
 
   async start() {
@@ -78,7 +78,7 @@ export class App {
   // Leases and images -----------------------------------------------------------------------
 
   async leaseNext() {
-    this.messages.show("Leasing an image…");
+    this.messages.show("image", "Leasing an image…");
     try {
       await this.open(await this.session.leaseCurrent());
     } catch (error) {
@@ -94,11 +94,14 @@ export class App {
     this.setReady(false);
     if (!lease) return this.queueEmpty();
     this.outbox.rebind(lease.image.image_id, lease.lease_id);
-    this.messages.show(`Loading image ${lease.image.key}…`);
+    this.messages.show("image", `Loading image ${lease.image.key}…`);
     try {
       this.showImage(lease, await this.assets.image(lease));
       if (!lease.model)
-        this.messages.show("Waiting for this image's embedding (the embed job is computing it)…");
+        this.messages.show(
+          "image",
+          "Waiting for this image's embedding (the embed job is computing it)…",
+        );
       const ready = await this.session.withModel(lease, () => this.opening === opening);
       const [decoder, embedding] = await Promise.all([
         this.assets.decoder(ready.model),
@@ -147,7 +150,7 @@ export class App {
       { lease, decoder, embedding, work },
       JSON.parse(sessionStorage.getItem(this.objectKey()) ?? "null"),
     );
-    this.messages.clear();
+    this.messages.clear("image");
     this.setReady(true);
     this.prefetchAhead();
   }
@@ -174,7 +177,7 @@ export class App {
     this.stage.setSize(1, 1);
     this.panel.reset([]);
     this.el("image-info").textContent = "no image";
-    this.messages.show("No images left in the queue.", "info", {
+    this.messages.show("image", "No images left in the queue.", "info", {
       label: "Check again",
       run: () => this.leaseNext(),
     });
@@ -183,13 +186,18 @@ export class App {
   failed(error, retry) {
     if (error instanceof Offline) {
       const action = { label: "Retry now", run: retry };
-      this.messages.show("Connection lost while loading the image; trying again…", "error", action);
+      this.messages.show(
+        "image",
+        "Connection lost while loading the image; trying again…",
+        "error",
+        action,
+      );
       setTimeout(
-        () => this.messages.current === action && (this.messages.clear(), retry()),
+        () => this.messages.action("image") === action && (this.messages.clear("image"), retry()),
         RETRY_OPEN_MS,
       );
     } else {
-      this.messages.show(`Could not load the image: ${error.message}`, "error", {
+      this.messages.show("image", `Could not load the image: ${error.message}`, "error", {
         label: "Retry",
         run: retry,
       });
@@ -202,14 +210,17 @@ export class App {
     this.setReady(false);
     const text =
       "Your lease on this image expired (the server heard nothing from this page in time). The masks you accepted are kept.";
-    this.messages.show(text, "error", { label: "Lease an image", run: () => this.leaseNext() });
+    this.messages.show("image", text, "error", {
+      label: "Lease an image",
+      run: () => this.leaseNext(),
+    });
   }
 
   /** Finish (or skip) the image: the change waits in the outbox; the next image shows now. */
   endImage(kind) {
     if (!this.lease || !document.body.dataset.ready) return;
     if (this.bench.editor && !this.bench.editor.empty) {
-      return this.messages.show("Accept (Enter) or clear (Esc) the current object first.", "warn");
+      return this.notice("Accept (Enter) or clear (Esc) the current object first.");
     }
     this.outbox.push({ kind, lease_id: this.lease.lease_id, image_id: this.lease.image.image_id });
     sessionStorage.removeItem(this.objectKey());
@@ -217,7 +228,8 @@ export class App {
     this.assets.keepOnly(next ? [next.image.image_id] : []);
     this.afterEnd = !next;
     this.open(next).then(
-      () => this.afterEnd && this.messages.show("Saving the image, then leasing the next…"),
+      () =>
+        this.afterEnd && this.messages.show("image", "Saving the image, then leasing the next…"),
     );
   }
 
@@ -239,7 +251,8 @@ export class App {
     const kept = held
       ? " (it is kept in this page and sent again if this image comes back to you)"
       : "";
-    this.messages.show(`${CHANGES[item.kind]} was not saved: ${error.detail}${kept}`, "error");
+    const text = `${CHANGES[item.kind]} was not saved: ${error.detail}${kept}`;
+    this.messages.show("save", text, "error", { label: "Dismiss", run: () => {} });
     if (item.kind === "mask" && held) this.panel.update(`c${item.client_id}`, { state: "held" });
     else if (item.kind === "mask") this.panel.drop(`c${item.client_id}`);
     if (item.kind === "finish" || item.kind === "skip_image") this.imageEnded();
@@ -251,10 +264,7 @@ export class App {
     const lease = this.lease;
     const accepted = await this.bench.accept();
     if (!accepted)
-      return this.messages.show(
-        "The mask is empty: add a point, a box or brush strokes first.",
-        "warn",
-      );
+      return this.notice("The mask is empty: add a point, a box or brush strokes first.", "warn");
     const { height, width, image_id: imageId } = lease.image;
     const item = this.outbox.push({
       kind: "mask",
@@ -264,19 +274,19 @@ export class App {
     });
     if (this.lease === lease)
       this.panel.add(acceptedEntry(item.client_id, accepted.mask, height, width));
-    this.messages.clear();
+    this.messages.clear("object");
   }
 
   skipObject() {
     const body = this.bench.skip();
-    if (!body) return this.messages.show("Nothing to skip: this object has no clicks yet.", "warn");
+    if (!body) return this.notice("Nothing to skip: this object has no clicks yet.");
     this.outbox.push({
       kind: "skip_object",
       lease_id: this.lease.lease_id,
       image_id: this.lease.image.image_id,
       body,
     });
-    this.messages.show("Object skipped.", "info");
+    this.notice("Object skipped.", "info");
   }
 
   /** Delete one's mask or reject a prefilled one (a mask not sent yet is simply dropped). */
@@ -293,13 +303,13 @@ export class App {
 
   removeSelected(origin) {
     const entry = this.panel.find(this.panel.selected);
-    if (!entry) return this.messages.show("Select a mask first (Alt+click it, or n).", "warn");
+    if (!entry) return this.notice("Select a mask first (Alt+click it, or n).");
     if (entry.origin !== origin) {
       const hint =
         origin === "manual"
           ? "Prefilled masks are rejected (x), not deleted."
           : "Only prefilled masks are rejected; delete your own (Delete).";
-      return this.messages.show(hint, "warn");
+      return this.notice(hint);
     }
     this.removeMask(entry);
   }
@@ -316,13 +326,21 @@ export class App {
 
   renderStatus() {
     const waiting = this.outbox.size;
+    const held = this.outbox.held.length;
     document.body.dataset.outbox = String(waiting);
-    this.el("outbox-status").textContent = waiting
-      ? `${waiting} change${waiting > 1 ? "s" : ""} waiting to be saved`
-      : "all saved";
+    const parts = [
+      waiting ? `${waiting} change${waiting > 1 ? "s" : ""} waiting to be saved` : "",
+      held ? `${held} mask${held > 1 ? "s" : ""} not saved (lease ended)` : "",
+    ].filter(Boolean);
+    this.el("outbox-status").textContent = parts.join(", ") || "all saved";
     const times = this.stats.decodeMs;
     if (times.length)
       this.el("decode-status").textContent = `decode ${times[times.length - 1].toFixed(0)} ms`;
+  }
+
+  /** A short notice about the object or an action (fades). */
+  notice(text, level = "warn") {
+    this.messages.show("object", text, level, null, 6000);
   }
 
   setReady(ready) {
@@ -337,7 +355,6 @@ export class App {
   zoom(factor) {
     if (factor === null) this.stage.fit();
     else this.stage.zoomAt(factor);
-    this.bench.drawOverlay();
   }
 
   actions() {

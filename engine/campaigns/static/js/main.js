@@ -87,6 +87,7 @@ async function main() {
   } catch (error) {
     fatal.className = "message error";
     fatal.textContent = `The decoder cannot run in this page: ${error.message}`;
+    fatal.dataset.topic = "page";
     return;
   }
   const { api, annotator } = await signedIn();

@@ -4,32 +4,53 @@
 export const MOVE_ON_S = 30;
 
 export class Messages {
+  /** One line per topic ("image": the lease and its loading, "object": the object being made,
+   * "save": changes the server refused), so a notice never hides an action to take. */
   constructor(element) {
     this.element = element;
-    this.current = null;
+    this.lines = new Map();
   }
 
-  /** level: info | warn | error; action: {label, run} shown as a button. */
-  show(text, level = "info", action = null) {
-    this.current = action;
-    this.element.className = `message ${level}`;
-    this.element.replaceChildren(document.createTextNode(text));
+  /** level: info | warn | error; action: {label, run} shown as a button; fadeMs: cleared
+   * after that long unless replaced. */
+  show(topic, text, level = "info", action = null, fadeMs = 0) {
+    const line = { text, level, action };
+    this.lines.set(topic, line);
+    if (fadeMs) setTimeout(() => this.lines.get(topic) === line && this.clear(topic), fadeMs);
+    this.render();
+  }
+
+  clear(topic) {
+    this.lines.delete(topic);
+    this.render();
+  }
+
+  action(topic) {
+    return this.lines.get(topic)?.action ?? null;
+  }
+
+  render() {
+    const rows = [...this.lines].map(([topic, line]) => this.row(topic, line));
+    this.element.replaceChildren(...rows);
+    this.element.classList.toggle("hidden", rows.length === 0);
+  }
+
+  row(topic, { text, level, action }) {
+    const row = document.createElement("div");
+    row.className = `message ${level}`;
+    row.dataset.topic = topic;
+    row.append(text);
     if (action) {
       const button = document.createElement("button");
       button.type = "button";
       button.textContent = action.label;
       button.addEventListener("click", () => {
-        this.clear();
+        this.clear(topic);
         action.run();
       });
-      this.element.append(" ", button);
+      row.append(" ", button);
     }
-  }
-
-  clear() {
-    this.current = null;
-    this.element.className = "message hidden";
-    this.element.replaceChildren();
+    return row;
   }
 }
 

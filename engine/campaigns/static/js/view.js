@@ -14,6 +14,9 @@ export class Stage {
     this.zoom = 1;
     this.tx = 0;
     this.ty = 0;
+    this.fitted = true;
+    this.onZoom = () => {};
+    new ResizeObserver(() => this.fitted && this.fit()).observe(viewport);
   }
 
   /** A new image of height x width stored pixels, fitted to the viewport. */
@@ -31,6 +34,7 @@ export class Stage {
     this.zoom = Math.min(box.width / width, box.height / height);
     this.tx = (box.width - width * this.zoom) / 2;
     this.ty = (box.height - height * this.zoom) / 2;
+    this.fitted = true;
     this.apply();
   }
 
@@ -41,12 +45,14 @@ export class Stage {
     const py = (clientY ?? box.top + box.height / 2) - box.top;
     const [ix, iy] = [(px - this.tx) / this.zoom, (py - this.ty) / this.zoom];
     this.zoom = clamp(this.zoom * factor, 0.02, 64);
+    this.fitted = false;
     this.tx = px - ix * this.zoom;
     this.ty = py - iy * this.zoom;
     this.apply();
   }
 
   panBy(dx, dy) {
+    this.fitted = false;
     this.tx += dx;
     this.ty += dy;
     this.apply();
@@ -54,7 +60,7 @@ export class Stage {
 
   apply() {
     this.stage.style.transform = `translate(${this.tx}px, ${this.ty}px) scale(${this.zoom})`;
-    this.stage.style.setProperty("--zoom", String(this.zoom));
+    this.onZoom();
   }
 
   /** Client (viewport) coordinates -> stored-image pixels (fractional). */
