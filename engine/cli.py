@@ -2,6 +2,7 @@
 
 saengine generate input=<dir|glob|list|tar> output=<dir> [model=vit_h model.checkpoint=..]
 saengine inspect <output> [pictures=true]
+saengine export-onnx model=<name> output=<file.onnx> [quantize=true]
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -30,11 +32,13 @@ commands:
   evaluate   a model's held-out metrics (1-point mIoU, clicks, generator recall)
   round      one retraining round: train, evaluate, register, promote if better
   campaign   annotation campaigns: create, serve, embed, simulate, round, export, stats
+  export-onnx  the browser decoder (prompts -> masks) as ONNX, optionally quantized
 
 Options are Hydra overrides (key=value, see `saengine <command> --help`), for example:
   saengine generate input=photos/ output=out/ model=vit_h model.checkpoint=sam_vit_h_4b8939.pth
   saengine generate input=s3://bucket/images output=s3://bucket/dataset generator=sa1b
   saengine inspect out/ pictures=true
+  saengine export-onnx model=bundled output=decoder.onnx quantize=true
 """
 
 
@@ -86,12 +90,14 @@ def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
 def _command_help(config_name: str) -> str:
     text = resources.files("configs").joinpath(f"{config_name}.yaml").read_text()
     groups = ""
+    models = sorted(
+        p.name[:-5]
+        for p in resources.files("configs").joinpath("model").iterdir()
+        if p.name.endswith(".yaml")
+    )
+    if config_name == "export_onnx":
+        groups = f"\nmodel=<{'|'.join(models)}>\n"
     if config_name == "generate":
-        models = sorted(
-            p.name[:-5]
-            for p in resources.files("configs").joinpath("model").iterdir()
-            if p.name.endswith(".yaml")
-        )
         presets = ", ".join([*PRESETS, "demo"])
         groups = (
             f"\nmodel=<{'|'.join(models)}>   generator=<{presets.replace(', ', '|')}>\n"
@@ -106,7 +112,8 @@ def _command_help(config_name: str) -> str:
         groups = "\ntraining settings (defaults):\n" + "".join(
             f"  {prefix}{f.name}={f.default}\n" for f in fields(TrainConfig) if f.name != "data"
         )
-    return f"usage: saengine {config_name} key=value ...\n\n{text}{groups}"
+    command = config_name.replace("_", "-")
+    return f"usage: saengine {command} key=value ...\n\n{text}{groups}"
 
 
 def _generate(overrides: list[str]) -> None:
@@ -170,6 +177,35 @@ def _campaign(args: list[str]) -> None:
     run_campaign_command(args, compose_config)
 
 
+def _export_onnx(overrides: list[str]) -> None:
+    from hydra.utils import instantiate
+
+    from engine.models import weights_sha256
+    from stages.assisted.onnx_export import (
+        ExportSettings,
+        check_output_path,
+        export_decoder_files,
+    )
+
+    cfg = compose_config("export_onnx", overrides)
+    settings = ExportSettings(
+        output=str(cfg.output),
+        quantize=cfg.quantize,
+        quantized_output=None if cfg.quantized_output is None else str(cfg.quantized_output),
+        opset=cfg.opset,
+    )
+    check_output_path(Path(settings.output))
+    sam = instantiate(cfg.model)
+    sha256 = weights_sha256(sam)
+    print(f"exporting the decoder of {cfg.model.name} (weights SHA-256 {sha256})", flush=True)
+    files = export_decoder_files(
+        sam, settings, model_name=str(cfg.model.name), weights_sha256=sha256
+    )
+    for label, path in (("fp32", files.fp32), ("quantized", files.quantized)):
+        if path is not None:
+            print(f"{label}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], None]]] = {
     "generate": ("generate", _generate),
     "inspect": ("inspect", _inspect),
@@ -178,6 +214,7 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], None]]] = {
     "evaluate": ("evaluate", _evaluate),
     "round": ("round", _round),
     "campaign": ("campaign", _campaign),
+    "export-onnx": ("export_onnx", _export_onnx),
 }
 
 
