@@ -4,7 +4,7 @@ VENV := .venv
 TEST_VENV := .venv-test
 LINTED := model stages engine jobs tests benchmarks
 
-.PHONY: demo test lint typecheck unit bench clean vendor
+.PHONY: demo annotate test lint typecheck unit bench clean vendor
 
 # The annotation page's onnxruntime-web: the npm registry's package at the version pinned in
 # web/package-lock.json, its files copied into engine/campaigns/static/vendor/ (not in git),
@@ -36,6 +36,20 @@ DEMO_ARGS := input=samples/images output=outputs/demo model=bundled generator=de
 
 demo: $(VENV)/.ready
 	$(VENV)/bin/saengine generate $(DEMO_ARGS)
+
+# The annotation page on a demo campaign of the bundled photos with the bundled model: made
+# once (with an annotator whose token is kept beside it), then served at localhost:8000 with
+# the embed job computing the embeddings beside the server (PORT=... for another port).
+CAMPAIGN := outputs/campaign-demo
+PORT ?= 8000
+
+annotate: $(VENV)/.ready
+	test -f $(CAMPAIGN)/campaign.yaml || \
+		$(VENV)/bin/saengine campaign create $(CAMPAIGN) input=samples/images model=bundled
+	test -s $(CAMPAIGN)/annotator.token || \
+		$(VENV)/bin/saengine campaign add-annotator $(CAMPAIGN) name=demo > $(CAMPAIGN)/annotator.token
+	@echo "open http://localhost:$(PORT) and sign in with the token $$(cat $(CAMPAIGN)/annotator.token)"
+	$(VENV)/bin/saengine campaign serve $(CAMPAIGN) port=$(PORT)
 
 test: $(TEST_VENV)/.ready lint typecheck
 	$(TEST_VENV)/bin/python -m pytest -q

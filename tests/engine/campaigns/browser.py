@@ -66,11 +66,13 @@ def start_chromium(profile: Path) -> webdriver.Chrome:
 
 class Page:
     """The annotation page in one browser, for one test module (screenshots named
-    <prefix>-<step>.png)."""
+    <prefix>-<step>.png; a module's earlier screenshots are removed)."""
 
     def __init__(self, driver: webdriver.Chrome, url: str, prefix: str) -> None:
         self.driver, self.url, self.prefix = driver, url, prefix
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for old in ARTIFACTS.glob(f"{prefix}-*.png"):
+            old.unlink()
 
     def js(self, script: str, *args: Any) -> Any:
         return self.driver.execute_script(script, *args)
