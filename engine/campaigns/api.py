@@ -47,6 +47,13 @@ class Prompts(BaseModel):
     points: list[tuple[float, float, int]] = Field(default_factory=list, max_length=1000)
     box: tuple[float, float, float, float] | None = None
 
+    def plain(self) -> dict[str, Any]:
+        """As stored: {"points": [[x, y, label], ...], "box": [x0, y0, x1, y1] | None}."""
+        return {
+            "points": [list(point) for point in self.points],
+            "box": list(self.box) if self.box is not None else None,
+        }
+
 
 class MaskIn(BaseModel):
     client_id: str = Field(min_length=1, max_length=100)
@@ -216,10 +223,7 @@ def create_app(campaign: Campaign, *, static_dir: Path | None = None) -> FastAPI
                 image_id=body.image_id,
                 rle=body.rle.model_dump(),
                 model_sha256=body.model_sha256,
-                prompts={
-                    "points": [list(p) for p in body.prompts.points],
-                    "box": list(body.prompts.box) if body.prompts.box else None,
-                },
+                prompts=body.prompts.plain(),
                 clicks=body.clicks,
                 brush_strokes=body.brush_strokes,
                 seconds=body.seconds,
@@ -246,7 +250,7 @@ def create_app(campaign: Campaign, *, static_dir: Path | None = None) -> FastAPI
             client_id=body.client_id,
             seconds=body.seconds,
             clicks=body.clicks,
-            prompts=body.prompts.model_dump(),
+            prompts=body.prompts.plain(),
         )
         return {"event_id": event_id}
 
