@@ -124,10 +124,32 @@ class Page:
     # Input: real pointer and key events through ChromeDriver ---------------------------
 
     def client(self, x: float, y: float) -> tuple[int, int]:
-        """Viewport coordinates of stored-image pixel (x, y)'s centre."""
-        script = "return window.saengine.app.stage.toClient(arguments[0], arguments[1])"
-        cx, cy = self.js(script, float(x), float(y))
-        return round(cx), round(cy)
+        """Viewport coordinates of stored-image pixel (x, y)'s centre, from where the image
+        layer lies on screen (its bounding box) and the stored size."""
+        left, top, width, height = self.js(
+            "const r = document.getElementById('image-layer').getBoundingClientRect();"
+            "return [r.left, r.top, r.width, r.height]"
+        )
+        stored_w, stored_h = self.js(
+            "const i = window.saengine.app.lease.image; return [i.width, i.height]"
+        )
+        return round(left + (x + 0.5) * width / stored_w), round(
+            top + (y + 0.5) * height / stored_h
+        )
+
+    def middle_drag(self, dx: int, dy: int) -> None:
+        """Pan: drag with the middle button from the viewport's centre."""
+        left, top, width, height = self.js(
+            "const r = document.getElementById('viewport').getBoundingClientRect();"
+            "return [r.left, r.top, r.width, r.height]"
+        )
+        start = (round(left + width / 2), round(top + height / 2))
+        actions = ActionBuilder(self.driver)
+        actions.pointer_action.move_to_location(*start)
+        actions.pointer_action.pointer_down(MouseButton.MIDDLE)
+        actions.pointer_action.move_to_location(start[0] + dx, start[1] + dy)
+        actions.pointer_action.pointer_up(MouseButton.MIDDLE)
+        actions.perform()
 
     def click(self, x: float, y: float, *, right: bool = False, alt: bool = False) -> None:
         actions = ActionBuilder(self.driver)

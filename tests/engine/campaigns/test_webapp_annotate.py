@@ -225,13 +225,56 @@ def test_delete_one_of_the_image_masks(page) -> None:
     ).any()
 
 
+def test_zoom_and_pan_keep_clicks_on_their_pixel(page) -> None:
+    page, campaign = page
+    fitted = page.js("return document.getElementById('image-layer').getBoundingClientRect().width")
+    page.press("+", "+", "+")
+    zoomed = page.js("return document.getElementById('image-layer').getBoundingClientRect().width")
+    assert zoomed == pytest.approx(fitted * 1.25**3, rel=0.01)
+    before = page.js("return document.getElementById('image-layer').getBoundingClientRect().left")
+    page.middle_drag(-120, 0)
+    after = page.js("return document.getElementById('image-layer').getBoundingClientRect().left")
+    assert after == pytest.approx(before - 120, abs=2)
+    page.click(613, 287)  # at about 2 screen pixels per image pixel: exactly this pixel
+    page.shot("10-zoomed")
+    assert (
+        json.loads(page.js("return sessionStorage.getItem('saengine.object.1')"))["actions"][0]["x"]
+        == 613
+    )
+    page.press("0", Keys.ESCAPE)
+    width = page.js("return document.getElementById('image-layer').getBoundingClientRect().width")
+    assert width == pytest.approx(fitted, rel=0.001)
+
+
+def test_skip_object_after_the_time_hint(page) -> None:
+    page, campaign = page
+    page.click(400, 480)
+    assert page.js("return document.getElementById('timer-hint').classList.contains('hidden')")
+    page.js("window.saengine.app.bench.editor.startedAt -= 31000")  # as if 31 s went by
+    page.wait(
+        lambda: (
+            not page.js("return document.getElementById('timer-hint').classList.contains('hidden')")
+        ),
+        "the hint to move on",
+    )
+    assert "30 s" in page.js("return document.getElementById('timer-hint').textContent")
+    page.shot("11-move-on-hint")
+    page.press("s")
+    page.wait_saved()
+    assert not page.work_mask().any()
+    with campaign.db.read() as db:
+        (event,) = db.execute("SELECT * FROM events WHERE kind = 'skip_object'").fetchall()
+    assert event["image_id"] == DOG and event["clicks"] == 1 and 31 <= event["seconds"] < 120
+    assert json.loads(event["detail"])["prompts"]["points"] == [[400, 480, 1]]
+
+
 def test_finish_shows_the_prefetched_next_image(page) -> None:
     page, campaign = page
     started = time.monotonic()
     page.press("f")
     page.wait_ready(GROCERIES)
     switch_s = time.monotonic() - started
-    page.shot("10-next-image")
+    page.shot("12-next-image")
     page.wait_saved()
     with campaign.db.read() as db:
         status = db.execute("SELECT status FROM images WHERE image_id = ?", (DOG,)).fetchone()[0]
@@ -256,7 +299,7 @@ def test_large_image_masks_are_submitted_at_the_stored_size(page) -> None:
     assert page.work_mask().shape == (683, 1024)
     page.accept()
     page.wait_saved()
-    page.shot("11-large-image")
+    page.shot("13-large-image")
     (row,) = mask_rows(campaign, TRUCK)
     assert (row["height"], row["width"]) == (1200, 1800)
     prompts = json.loads(row["prompts"])  # where the pointer landed, at about 2 pixels a dot
