@@ -183,12 +183,14 @@ export class Workbench {
     return {
       tool: () => this.tool,
       point: (x, y, label) => {
-        const [px, py] = this.view ? pixel([x, y]) : [];
-        if (this.view) this.editor.add({ kind: "point", x: px, y: py, label });
+        if (!this.view) return;
+        const [px, py] = pixel([x, y]);
+        this.editor.add({ kind: "point", x: px, y: py, label });
       },
-      box: (box) =>
-        this.view &&
-        this.editor.add({ kind: "box", box: [...pixel(box.slice(0, 2)), ...pixel(box.slice(2))] }),
+      box: (box) => {
+        if (!this.view) return;
+        this.editor.add({ kind: "box", box: [...pixel(box.slice(0, 2)), ...pixel(box.slice(2))] });
+      },
       rubber: (box) => {
         this.rubber = box;
         this.drawOverlay();
