@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,15 +28,16 @@ from tests.engine.campaigns.webapp import (
     mask_rows,
     served,
     stored_rgb,
+    template,
 )
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def page(bundled_campaign: Path, tmp_path_factory: pytest.TempPathFactory):
+def page(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("annotate")
-    campaign = copy_campaign(bundled_campaign, folder / "campaign")
+    campaign = copy_campaign(template(tmp_path_factory), folder / "campaign")
     token = add_annotator(campaign, "ana")
     with served(campaign) as url:
         driver = start_chromium(folder / "profile")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ from tests.engine.campaigns.webapp import (
     mask_rows,
     served,
     stored_rgb,
+    template,
 )
 
 pytestmark = pytest.mark.slow
@@ -58,9 +58,9 @@ def _prefill(campaign: Campaign) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def page(bundled_campaign: Path, tmp_path_factory: pytest.TempPathFactory):
+def page(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("prefilled")
-    campaign = copy_campaign(bundled_campaign, folder / "campaign")
+    campaign = copy_campaign(template(tmp_path_factory), folder / "campaign")
     masks = _prefill(campaign)
     token = add_annotator(campaign, "cy")
     with served(campaign) as url:

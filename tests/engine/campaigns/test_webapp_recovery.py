@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
 
 from tests.engine.campaigns.browser import Page, start_chromium
 from tests.engine.campaigns.proxy import LossyProxy
-from tests.engine.campaigns.webapp import DOG, add_annotator, copy_campaign, mask_rows, served
+from tests.engine.campaigns.webapp import (
+    DOG,
+    add_annotator,
+    copy_campaign,
+    mask_rows,
+    served,
+    template,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +30,10 @@ LOST_ANSWERS = 2  # a transparent resend by the browser, if any, loses its answe
 
 
 @pytest.fixture(scope="module")
-def page(bundled_campaign: Path, tmp_path_factory: pytest.TempPathFactory):
+def page(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("recovery")
-    campaign = copy_campaign(bundled_campaign, folder / "campaign", lease_ttl_s=LEASE_TTL_S)
+    made = template(tmp_path_factory)
+    campaign = copy_campaign(made, folder / "campaign", lease_ttl_s=LEASE_TTL_S)
     token = add_annotator(campaign, "bo")
     lost: list[str] = []
 

@@ -1,8 +1,8 @@
 """Campaigns for the annotation page's browser tests, made the way users make them:
 `saengine campaign create` on the bundled photos with the bundled model (which exports its
 ONNX decoders), `saengine campaign embed` (Ray), `saengine campaign add-annotator`, and a
-real `saengine campaign serve`. The campaign is made once per session and copied for each
-test module."""
+real `saengine campaign serve`. The campaign is made once per session (`template`) and
+copied for each test module."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -33,6 +34,17 @@ def saengine(*args: str) -> str:
     )
     assert done.returncode == 0, f"saengine {' '.join(args)} failed:\n{done.stderr[-3000:]}"
     return done.stdout
+
+
+_template: list[Path] = []
+
+
+def template(factory: pytest.TempPathFactory) -> Path:
+    """The session's campaign on the bundled photos with the bundled model, embedded (made on
+    first use; copy it to use it)."""
+    if not _template:
+        _template.append(make_campaign(factory.mktemp("webapp") / "template"))
+    return _template[0]
 
 
 def make_campaign(folder: Path) -> Path:
