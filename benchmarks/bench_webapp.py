@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -146,7 +147,7 @@ def main() -> None:
     parser.add_argument("--vit-b-checkpoint", default=None)
     parser.add_argument("--output", default="outputs/bench_webapp.json")
     args = parser.parse_args()
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f}")
     print(
         "| model | decoder | threads | work size | median ms | p90 ms | native 1 thread ms |",
         end="",
@@ -158,7 +159,9 @@ def main() -> None:
         for model in args.models:
             rows += bench_model(Path(folder) / model, model, args)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    result = {"machine": machine(), "load_average_end": os.getloadavg()[0], "rows": rows}
+    Path(args.output).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
