@@ -272,9 +272,9 @@ def create_app(
         return campaign_stats(campaign)
 
     if static_dir is not None:
-        from fastapi.staticfiles import StaticFiles
+        from engine.campaigns.page import page_files
 
-        app.mount("/", StaticFiles(directory=static_dir, html=True), name="app")
+        app.mount("/", page_files(static_dir), name="app")
     return app
 
 

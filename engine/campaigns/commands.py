@@ -230,9 +230,13 @@ def _job_config(campaign: Campaign, cfg: DictConfig) -> DictConfig:
 
 
 def _serve(cfg: DictConfig) -> None:
+    from engine.campaigns.page import vendor_problem
     from engine.campaigns.serve import serve
 
     campaign = Campaign(str(cfg.dir))
+    problem = vendor_problem(STATIC_DIR) if STATIC_DIR.is_dir() else None
+    if problem:
+        print(f"warning: the annotation page will not work: {problem}", file=sys.stderr)
     serve(
         campaign,
         host=str(cfg.host),
