@@ -297,6 +297,10 @@ def _round(cfg: DictConfig) -> None:
     outcome = run_campaign_round(campaign, _job_config(campaign, OmegaConf.create({})))
     state = "promoted: the campaign now uses it" if outcome.promoted else "not promoted"
     print(f"{outcome.name}: {state} ({outcome.reason})")
+    if outcome.detector is not None:
+        detector = outcome.detector
+        state = "promoted: prefill now uses it" if detector["promoted"] else "not promoted"
+        print(f"detector {detector['name']}: {state} ({detector['reason']})")
 
 
 def _export(cfg: DictConfig) -> None:

@@ -340,6 +340,12 @@ def _recorder(
     def finished(image_id: int, result: dict[str, Any] | str) -> None:
         if isinstance(result, str):
             tally.failures.add(image_id)
+            with campaign.db.write() as db:  # not leased, shown by `status` with its message
+                db.execute(
+                    "UPDATE images SET status = 'error', error = ? WHERE image_id = ? "
+                    "AND status = ? AND prefill_model IS NULL",
+                    (result, image_id, QUEUED),
+                )
         elif record_prefill(
             campaign,
             image_id,

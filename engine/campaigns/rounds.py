@@ -5,8 +5,11 @@ SA-1B shards, holds out every `holdout_every`-th image for evaluation unless the
 names held-out datasets, runs a retraining round (engine.training: Ray Train, registry,
 promotion against the parent on the same held-out data) and, when the new model is
 promoted, publishes it as the campaign's next model version (decoder exported; the embed
-job then recomputes the embeddings of images not yet done). Annotators keep working
-meanwhile. A round interrupted at any point is resumed by running it again.
+job then recomputes the embeddings of images not yet done). A campaign with a detector
+(stage 2) also retrains the detector on the same export (every kept mask, prefilled or
+manual), from its current one, on the current SAM's embeddings; it is promoted by its own
+held-out metric (`rounds.detector.metric`) and the prefill job then uses it. Annotators keep
+working meanwhile. A round interrupted at any point is resumed by running it again.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class RoundOutcome:
     promoted: bool
     reason: str
     metrics: dict[str, Any]
+    detector: dict[str, Any] | None = None
 
 
 def new_masks(campaign: Campaign) -> int:
@@ -101,9 +105,59 @@ def _run(campaign: Campaign, cfg: DictConfig, round_id: int, cutoff: int) -> Rou
         )
     if record.promoted:
         checkpoint = str(Registry(registry_root(campaign)).checkpoint(record.name))
-        publish_model(campaign, {**model_config, "checkpoint": checkpoint}, round_name=record.name)
-    _finish(campaign, round_id, record.name, record.promoted, record.reason, record.metrics)
-    return RoundOutcome(round_id, record.name, record.promoted, record.reason, record.metrics)
+        model_config = {**model_config, "checkpoint": checkpoint}
+        publish_model(campaign, model_config, round_name=record.name)
+    detector = _detector_round(campaign, model_config, data, eval_data)
+    _finish(
+        campaign, round_id, record.name, record.promoted, record.reason, record.metrics, detector
+    )
+    return RoundOutcome(
+        round_id, record.name, record.promoted, record.reason, record.metrics, detector
+    )
+
+
+def _detector_round(
+    campaign: Campaign, model_config: dict[str, Any], data: list[str], eval_data: list[str]
+) -> dict[str, Any] | None:
+    """Stage 2: the campaign's detector retrained on this round's export (None when the
+    campaign has no detector or `rounds.detector.retrain` is false)."""
+    from engine.campaigns.prefill import campaign_detector, set_campaign_detector
+    from engine.detection.job import DetectorJob, EmbedSettings
+    from engine.detection.registry import DetectorRegistry, resolve_detector_reference
+    from engine.detection.rounds import run_detector_round
+    from engine.detection.trainer import DetectorTrainConfig
+    from stages.semi import load_detector
+
+    settings = _plain(campaign.config.rounds.get("detector") or {})
+    reference = campaign_detector(campaign)
+    if reference is None or not settings.get("retrain", True):
+        return None
+    current = resolve_detector_reference(reference)
+    detector, metadata = load_detector(current)
+    root = registry_root(campaign)
+    train = {
+        k: v for k, v in settings.items() if k not in ("retrain", "metric", "target_precision")
+    }
+    job = DetectorJob(
+        train=DetectorTrainConfig(data=tuple(data), output="", init_checkpoint=current, **train),
+        detector=detector.config,
+        eval_data=tuple(eval_data),
+        model_config=model_config,
+        target_precision=float(
+            settings.get("target_precision") or metadata.target_precision or 0.9
+        ),
+        embed=EmbedSettings(),
+    )
+    metric = str(settings.get("metric", "ap"))
+    record = run_detector_round(registry_root=root, job=job, metric=metric)
+    if record.promoted:
+        set_campaign_detector(campaign, str(DetectorRegistry(root).checkpoint(record.name)))
+    return {
+        "name": record.name,
+        "promoted": record.promoted,
+        "reason": record.reason,
+        "metrics": {k: record.metrics.get(k) for k in ("ap", "ap50", "recall_50")},
+    }
 
 
 def _weights_file(campaign: Campaign, model_config: dict[str, Any], sha: str) -> str:
@@ -178,8 +232,9 @@ def _finish(
     promoted: bool,
     reason: str,
     metrics: dict[str, Any],
+    detector: dict[str, Any] | None = None,
 ) -> None:
-    detail = json.dumps({"reason": reason, "metrics": metrics})
+    detail = json.dumps({"reason": reason, "metrics": metrics, "detector": detector})
     with campaign.db.write() as db:
         db.execute(
             "UPDATE rounds SET status = 'done', name = ?, finished = ?, promoted = ?, detail = ? "

@@ -1,6 +1,9 @@
 """The paper's stage-1 (and stage-2) figures for a campaign, per model version (round) and
 per annotator: masks per image, median time per mask, clicks per mask, share of skipped
-objects; for stage-2 images also the share of prefilled masks kept and rejected.
+objects; for stage-2 images also the share of prefilled masks kept and rejected. Per stage
+(images annotated in stage 1 against stage 2): masks per image (prefilled kept + added),
+added masks and clicks per image, share prefilled, prefilled rejected, time per added
+mask; and the campaign's detector with its held-out AP and recall.
 
 A mask belongs to the model version that assisted it; a finished image to the version that
 was current when it was finished; a skipped object to the version current at that time.
@@ -34,7 +37,7 @@ def campaign_stats(campaign: Campaign) -> dict[str, Any]:
             "ON a.annotator_id = e.annotator_id WHERE e.kind = 'skip_object'"
         ).fetchall()
         finished = db.execute(
-            "SELECT image_id, finished_at FROM images WHERE status = 'done'"
+            "SELECT image_id, finished_at, stage FROM images WHERE status = 'done'"
         ).fetchall()
         counts = dict(db.execute("SELECT status, COUNT(*) FROM images GROUP BY status").fetchall())
     by_sha = {row["sha256"]: row["version"] for row in versions}
@@ -73,7 +76,51 @@ def campaign_stats(campaign: Campaign) -> dict[str, Any]:
         )
         for name in names
     }
-    return {"images": counts, "rounds": rounds, "annotators": annotators}
+    stages = {
+        stage: _figures(
+            [m for m in masks if m["image_id"] in ids],
+            0,
+            [m for m in masks if m["image_id"] in ids],
+            len(ids),
+        )
+        for stage in sorted({row["stage"] for row in finished})
+        for ids in [{row["image_id"] for row in finished if row["stage"] == stage}]
+    }
+    for row in stages.values():
+        del row["skipped_objects"], row["skipped_share"]
+    return {
+        "images": counts,
+        "rounds": rounds,
+        "annotators": annotators,
+        "stages": stages,
+        "detector": _detector(campaign),
+    }
+
+
+def _detector(campaign: Campaign) -> dict[str, Any] | None:
+    """The campaign's detector: its file and held-out metrics (None without one)."""
+    from engine.campaigns.prefill import campaign_detector
+    from engine.detection.registry import resolve_detector_reference
+    from stages.semi import DetectorFileError, load_detector
+
+    reference = campaign_detector(campaign)
+    if reference is None:
+        return None
+    try:
+        path = resolve_detector_reference(reference)
+        _, metadata = load_detector(path)
+    except (DetectorFileError, OSError, ValueError) as error:
+        return {"file": reference, "error": str(error).splitlines()[0]}
+    metrics = metadata.metrics
+    return {
+        "file": path,
+        "ap": metrics.get("ap"),
+        "ap50": metrics.get("ap50"),
+        "recall_50": metrics.get("recall_50"),
+        "score_thresh": metadata.score_thresh,
+        "target_precision": metadata.target_precision,
+        "steps": metadata.steps,
+    }
 
 
 def _figures(
@@ -82,6 +129,7 @@ def _figures(
     """made: masks made with the version (or by the annotator); on_finished: the masks of
     the images finished under it."""
     manual = [m for m in made if m["origin"] == MANUAL and m["state"] == ACCEPTED]
+    added = [m for m in on_finished if m["origin"] == MANUAL and m["state"] == ACCEPTED]
     current = [
         m
         for m in on_finished
@@ -93,6 +141,10 @@ def _figures(
         "manual_masks": len(manual),
         "finished_images": finished_images,
         "masks_per_image": len(current) / finished_images if finished_images else None,
+        "added_per_image": len(added) / finished_images if finished_images else None,
+        "clicks_per_image": sum(m["clicks"] for m in added) / finished_images
+        if finished_images
+        else None,
         "median_seconds_per_mask": statistics.median(m["seconds"] for m in manual)
         if manual
         else None,
@@ -103,6 +155,7 @@ def _figures(
         "skipped_objects": skipped,
         "skipped_share": skipped / (skipped + len(manual)) if skipped + len(manual) else None,
         "prefilled_share": len(kept) / len(current) if current else None,
+        "prefilled_kept": len(kept),
         "prefilled_rejected": sum(m["state"] == REJECTED for m in prefilled),
     }
 
@@ -120,7 +173,50 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines.append(_row(f"v{version} {row['round']}", row, width))
     lines += ["per annotator:", header]
     lines += [_row(name, row, width) for name, row in stats["annotators"].items()]
+    if stats.get("stages"):
+        wide = max(width, 24)
+        lines += ["per stage (images finished):", _stage_header(wide)]
+        lines += [_stage_row(stage, row, wide) for stage, row in stats["stages"].items()]
+    detector = stats.get("detector")
+    if detector:
+        lines.append(f"detector: {detector['file']}")
+        if "error" in detector:
+            lines.append(f"  cannot read it: {detector['error']}")
+        else:
+            lines.append(
+                "  held-out AP {} AP50 {} recall@0.5 {}, confident threshold {} "
+                "(precision {})".format(
+                    *(
+                        "-" if detector[k] is None else f"{detector[k]:.3f}"
+                        for k in ("ap", "ap50", "recall_50", "score_thresh", "target_precision")
+                    )
+                )
+            )
     return "\n".join(lines)
+
+
+STAGE_COLUMNS = ("masks/img", "added/img", "clicks/img", "prefilled", "rejected", "s/added")
+
+
+def _stage_header(width: int) -> str:
+    return " ".join([" " * width, *(f"{name:>10}" for name in STAGE_COLUMNS)])
+
+
+def _stage_row(stage: int, row: dict[str, Any], width: int) -> str:
+    def show(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    cells = [
+        show(row["masks_per_image"], ".1f"),
+        show(row["added_per_image"], ".1f"),
+        show(row["clicks_per_image"], ".1f"),
+        show(row["prefilled_share"], ".2f"),
+        str(row["prefilled_rejected"]),
+        show(row["median_seconds_per_mask"], ".1f"),
+    ]
+    name = {1: "stage 1 (manual)", 2: "stage 2 (semi)"}.get(int(stage), f"stage {stage}")
+    label = f"{name} {row['finished_images']} img"
+    return " ".join([label.ljust(width), *(f"{cell:>10}" for cell in cells)])
 
 
 def _row(label: str, row: dict[str, Any], width: int) -> str:
