@@ -202,10 +202,12 @@ def _stage_header(width: int) -> str:
     return " ".join([" " * width, *(f"{name:>10}" for name in STAGE_COLUMNS)])
 
 
-def _stage_row(stage: int, row: dict[str, Any], width: int) -> str:
-    def show(value: float | None, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
+def _show(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
+
+def _stage_row(stage: int, row: dict[str, Any], width: int) -> str:
+    show = _show
     cells = [
         show(row["masks_per_image"], ".1f"),
         show(row["added_per_image"], ".1f"),
@@ -220,9 +222,7 @@ def _stage_row(stage: int, row: dict[str, Any], width: int) -> str:
 
 
 def _row(label: str, row: dict[str, Any], width: int) -> str:
-    def show(value: float | None, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
-
+    show = _show
     cells = [
         show(row["masks_per_image"], ".1f"),
         show(row["median_seconds_per_mask"], ".1f"),

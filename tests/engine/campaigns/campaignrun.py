@@ -7,6 +7,28 @@ from pathlib import Path
 
 from tests.engine.jobrun import run_saengine
 
+# A short round: a few steps of the paper's recipe, a small held-out evaluation.
+SHORT_ROUND = [
+    "rounds.train.steps=2",
+    "rounds.train.batch_size=2",
+    "rounds.train.masks_per_image=2",
+    "rounds.train.num_iterations=2",
+    "rounds.train.warmup_steps=1",
+    "rounds.train.lr=1e-4",
+    "rounds.eval.max_images=4",
+    "rounds.eval.max_masks=2",
+    "rounds.eval.points_per_side=2",
+]
+
+
+def simulate(folder: Path, truth: Path, url: str, *extra: str) -> str:
+    """`saengine campaign simulate` against a running server; returns its output."""
+    result = run_saengine(
+        "campaign", "simulate", str(folder), f"truth={truth}", f"server={url}", *extra
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
 
 def create(folder: Path, *args: str) -> str:
     """Create a campaign; returns the admin token it printed."""

@@ -11,31 +11,10 @@ import pytest
 
 from engine.campaigns.campaign import Campaign
 from engine.campaigns.server_process import start_server
-from tests.engine.campaigns.campaignrun import create, query
+from tests.engine.campaigns.campaignrun import SHORT_ROUND, create, query, simulate
 from tests.engine.jobrun import processes_named, run_saengine, wait_for
 
 pytestmark = pytest.mark.slow
-
-# A short round: a few steps of the paper's recipe, a small held-out evaluation.
-ROUND = [
-    "rounds.train.steps=2",
-    "rounds.train.batch_size=2",
-    "rounds.train.masks_per_image=2",
-    "rounds.train.num_iterations=2",
-    "rounds.train.warmup_steps=1",
-    "rounds.train.lr=1e-4",
-    "rounds.eval.max_images=4",
-    "rounds.eval.max_masks=2",
-    "rounds.eval.points_per_side=2",
-]
-
-
-def _simulate(folder: Path, truth: Path, url: str, *extra: str) -> str:
-    result = run_saengine(
-        "campaign", "simulate", str(folder), f"truth={truth}", f"server={url}", *extra
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
 
 
 def test_rounds_triggered_by_masks_switch_the_model(
@@ -57,13 +36,13 @@ def test_rounds_triggered_by_masks_switch_the_model(
         f"rounds.eval_data=[{scenes['val']}]",
         "embed.ahead=24",
         "ray.num_cpus=2",
-        *ROUND,
+        *SHORT_ROUND,
     )
     campaign = Campaign(folder)
     server, url = start_server(campaign)  # with the embed job and rounds beside it
     try:
         wait_for(lambda: query(folder, "SELECT COUNT(*) FROM embeddings")[0][0] >= 24, "embeddings")
-        _simulate(
+        simulate(
             folder, scenes["train"], url, "annotators=2", "max_images=4", "wait_for_rounds=true"
         )
         rounds = query(folder, "SELECT status, promoted, detail FROM rounds")
@@ -82,7 +61,7 @@ def test_rounds_triggered_by_masks_switch_the_model(
             ),
             "embeddings of the new model for the images not yet done",
         )
-        _simulate(folder, scenes["train"], url, "annotators=1", "max_images=2")
+        simulate(folder, scenes["train"], url, "annotators=1", "max_images=2")
         used = query(
             folder,
             "SELECT DISTINCT m.model_sha256 FROM masks m JOIN images i USING (image_id) "
@@ -111,13 +90,13 @@ def test_stage_1_end_to_end_with_two_triggered_rounds(
         "retrain_every=15",
         f"rounds.eval_data=[{scenes['val']}]",
         "ray.num_cpus=2",
-        *ROUND,
+        *SHORT_ROUND,
     )
     campaign = Campaign(folder)
     server, url = start_server(campaign)
     try:
         for batch in range(3):
-            _simulate(
+            simulate(
                 folder,
                 scenes["train"],
                 url,

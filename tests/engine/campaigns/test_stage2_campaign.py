@@ -17,7 +17,7 @@ import pytest
 from engine.campaigns.campaign import Campaign
 from engine.campaigns.server_process import start_server
 from engine.training.synthetic import SceneOptions, write_synthetic_dataset
-from tests.engine.campaigns.campaignrun import create, query
+from tests.engine.campaigns.campaignrun import SHORT_ROUND, create, query, simulate
 from tests.engine.jobrun import kill9, processes_named, run_saengine, start_saengine, wait_for
 
 pytestmark = pytest.mark.slow
@@ -26,16 +26,8 @@ pytestmark = pytest.mark.slow
 # a dozen annotated images in a few hundred CPU steps (under a minute).
 SCENES = SceneOptions(size=256, objects=(2, 5), min_area=400, part_probability=0.0)
 STAGE_1_IMAGES = 12
-# A short round for SAM and for the detector.
-ROUND = [
-    "rounds.train.steps=2",
-    "rounds.train.batch_size=2",
-    "rounds.train.masks_per_image=2",
-    "rounds.train.num_iterations=2",
-    "rounds.train.warmup_steps=1",
-    "rounds.eval.max_images=4",
-    "rounds.eval.max_masks=2",
-    "rounds.eval.points_per_side=2",
+# A short round for the detector (SAM's: SHORT_ROUND).
+DETECTOR_ROUND = [
     "rounds.detector.steps=20",
     "rounds.detector.warmup_steps=2",
     "rounds.detector.checkpoint_every=10",
@@ -52,18 +44,10 @@ SMALL_DETECTOR = [
 ]
 
 
-def _simulate(folder: Path, truth: Path, url: str, *extra: str) -> str:
-    result = run_saengine(
-        "campaign", "simulate", str(folder), f"truth={truth}", f"server={url}", *extra
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
 def _serve_and_simulate(folder: Path, truth: Path, *extra: str) -> str:
     server, url = start_server(Campaign(folder))  # the embed (and prefill) jobs beside it
     try:
-        return _simulate(folder, truth, url, *extra)
+        return simulate(folder, truth, url, *extra)
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -104,7 +88,8 @@ def test_stage_2_prefill_resume_and_annotators_add_what_is_missing(
         "onnx.quantize=false",
         "ray.num_cpus=2",
         f"rounds.eval_data=[{scenes['val']}]",
-        *ROUND,
+        *SHORT_ROUND,
+        *DETECTOR_ROUND,
         # The bundled model's predicted IoU and stability run lower than SAM's (as in
         # generator=demo): the prefill filter is set for it. A detector trained on a dozen
         # images is weak: boxes down to score 0.4 are prompted; SAM's masks are filtered and
