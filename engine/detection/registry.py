@@ -25,6 +25,7 @@ from typing import Any
 from engine.storage import Storage
 from engine.training.registry import LATEST_FILE, ROUND_FILE, ROUNDS_DIR, Registry, RegistryError
 from model.checkpoint import sha256_of
+from stages.semi.inference import DetectorFileError
 
 DETECTOR_DIR = "detector"
 DETECTOR_FILE = "detector.pt"
@@ -101,7 +102,7 @@ def resolve_detector_reference(reference: str) -> str:
     """A detector file from: its path; '<registry>/latest' or '<registry>/<round>' (a
     registry holding detector rounds); '<registry>/detector/latest' or
     '<registry>/detector/<round>'. RegistryError when a registry reference does not
-    resolve, FileNotFoundError when nothing is there."""
+    resolve, DetectorFileError (a user error) when nothing is there."""
     path = Path(reference)
     if path.is_file():
         return reference
@@ -114,4 +115,4 @@ def resolve_detector_reference(reference: str) -> str:
             if not registry.checkpoint(name).is_file():
                 raise RegistryError(f"registry {folder.parent} has no detector round {name!r}")
             return str(registry.checkpoint(name))
-    raise FileNotFoundError(f"detector not found: {reference}")
+    raise DetectorFileError(f"detector not found: {reference}")
