@@ -31,7 +31,14 @@ from engine.campaigns.masks import (
     skip_object,
     submit_mask,
 )
-from engine.campaigns.queue import check_lease, end_lease, heartbeat, lease_from_row, lease_next
+from engine.campaigns.queue import (
+    check_lease,
+    end_lease,
+    heartbeat,
+    lease_from_row,
+    lease_next,
+    waiting_images,
+)
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_BODY_BYTES = 16 * 1024 * 1024  # an uncompressed RLE of a 3000 x 3000 mask fits
@@ -128,11 +135,16 @@ def create_app(
 
     @app.post("/api/lease")
     def lease(who: Who, ahead: bool = False) -> dict[str, Any]:
-        """Lease the next image (or get one's current lease back); {"lease": null} when the
-        queue is empty. ahead=true: a second lease, on the image after the current one, to
-        fetch while annotating (at most two per annotator)."""
+        """Lease the next image (or get one's current lease back); {"lease": null} when
+        nothing can be leased now, with "waiting": the images that will be leasable later
+        (stage-2 images waiting for their prefill; 0: the queue is empty). ahead=true: a
+        second lease, on the image after the current one, to fetch while annotating (at
+        most two per annotator)."""
         held = lease_next(campaign, who.annotator_id, ahead=ahead)
-        return {"lease": None if held is None else lease_view(campaign, held)}
+        if held is not None:
+            return {"lease": lease_view(campaign, held), "waiting": 0}
+        with campaign.db.read() as db:
+            return {"lease": None, "waiting": waiting_images(db)}
 
     @app.get("/api/leases/{lease_id}")
     def get_lease(lease_id: str, who: Who) -> dict[str, Any]:

@@ -52,9 +52,15 @@ class CampaignClient:
         result: dict[str, Any] = response.json()
         return result
 
-    def lease(self) -> dict[str, Any] | None:
-        lease: dict[str, Any] | None = self.json("POST", "/api/lease")["lease"]
-        return lease
+    def lease(self, poll_s: float = 1.0) -> dict[str, Any] | None:
+        """The next lease; waits while images are still being prepared (stage-2 images
+        waiting for their prefill); None when the queue is empty."""
+        while True:
+            answer = self.json("POST", "/api/lease")
+            if answer["lease"] is not None or not answer.get("waiting"):
+                lease: dict[str, Any] | None = answer["lease"]
+                return lease
+            time.sleep(poll_s)
 
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.json("POST", "/api/masks", json={"client_id": new_client_id(), **body})

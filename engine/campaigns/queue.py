@@ -68,6 +68,15 @@ def expire_leases(connection: sqlite3.Connection, at: float) -> int:
     return len(rows)
 
 
+def waiting_images(db: sqlite3.Connection) -> int:
+    """Queued images that cannot be leased yet: stage-2 images waiting for their prefill."""
+    row = db.execute(
+        "SELECT COUNT(*) FROM images WHERE status = ? AND stage = 2 AND prefill_model IS NULL",
+        (QUEUED,),
+    ).fetchone()
+    return int(row[0])
+
+
 def lease_next(campaign: Campaign, annotator_id: int, *, ahead: bool = False) -> Lease | None:
     """The annotator's live lease, or a new lease on the next image (None: queue empty).
 

@@ -5,7 +5,9 @@ authentication, leases, images and embeddings, and every bad request refused wit
 from __future__ import annotations
 
 import io
+import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -14,6 +16,7 @@ from PIL import Image
 
 from engine.campaigns.auth import ADMIN, add_annotator
 from engine.campaigns.campaign import Campaign
+from engine.campaigns.client import CampaignClient
 from engine.campaigns.server_process import start_server
 from engine.embeddings import from_npy_bytes, to_npy_bytes
 from tests.engine.campaigns.bare import MODEL_SHA, add_embedding, bare_campaign
@@ -171,3 +174,37 @@ def test_stats_for_admins_only(served) -> None:
         assert bob.get("/api/stats").status_code == 403
         stats = admin.get("/api/stats").json()
         assert stats["rounds"]["0"]["manual_masks"] >= 1
+
+
+def test_stage_2_images_waiting_for_their_prefill_are_reported_and_waited_for(
+    tmp_path: Path,
+) -> None:
+    """Nothing leasable while stage-2 images wait for their prefill: the lease answer says
+    how many wait (0 means the queue is empty), and the client waits for them."""
+    campaign = bare_campaign(tmp_path / "campaign", num_images=2, size_hw=SIZE_HW)
+    with campaign.db.write() as db:
+        db.execute("UPDATE images SET stage = 2")
+    token = add_annotator(campaign, "ana")
+    process, url = start_server(campaign, "embed=false", "rounds=false")
+    try:
+        with _client(url, token) as ana:
+            assert ana.post("/api/lease").json() == {"lease": None, "waiting": 2}
+
+            def prefill_later() -> None:
+                time.sleep(1.5)
+                with campaign.db.write() as db:
+                    db.execute("UPDATE images SET prefill_model = 'x:y' WHERE image_id = 2")
+
+            thread = threading.Thread(target=prefill_later)
+            thread.start()
+            lease = CampaignClient(url, token).lease(poll_s=0.2)
+            thread.join()
+            assert lease is not None and lease["image"]["image_id"] == 2
+            ana.post(f"/api/leases/{lease['lease_id']}/finish", json={"client_id": "f1"})
+            with campaign.db.write() as db:
+                db.execute("UPDATE images SET status = 'error' WHERE image_id = 1")
+            assert ana.post("/api/lease").json() == {"lease": None, "waiting": 0}
+            assert CampaignClient(url, token).lease() is None
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

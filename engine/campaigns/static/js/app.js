@@ -177,6 +177,12 @@ export class App {
     this.stage.setSize(1, 1);
     this.panel.reset([]);
     this.el("image-info").textContent = "no image";
+    const waiting = this.session.waiting;
+    if (waiting) {
+      this.messages.show("image", `${waiting} images are being prefilled; checking again…`);
+      setTimeout(() => this.leaseNext(), 5000);
+      return;
+    }
     this.messages.show("image", "No images left in the queue.", "info", {
       label: "Check again",
       run: () => this.leaseNext(),

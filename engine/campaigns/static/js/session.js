@@ -15,11 +15,15 @@ export class LeaseSession {
     this.current = null;
     this.ahead = null;
     this.timer = null;
+    this.waiting = 0;
   }
 
-  /** Lease (or get back) the current image; null when the queue is empty. */
+  /** Lease (or get back) the current image; null when nothing can be leased now (then
+   * `waiting` counts the images still being prepared, e.g. prefilled, for later). */
   async leaseCurrent() {
-    this.current = (await this.api.post("api/lease")).lease;
+    const answer = await this.api.post("api/lease");
+    this.current = answer.lease;
+    this.waiting = answer.waiting || 0;
     this.keepAlive();
     return this.current;
   }
