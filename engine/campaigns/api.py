@@ -143,6 +143,10 @@ def create_app(
         held = lease_next(campaign, who.annotator_id, ahead=ahead)
         if held is not None:
             return {"lease": lease_view(campaign, held), "waiting": 0}
+        from engine.campaigns.prefill import campaign_detector
+
+        if campaign_detector(campaign) is None:  # nothing will prefill them: do not wait
+            return {"lease": None, "waiting": 0}
         with campaign.db.read() as db:
             return {"lease": None, "waiting": waiting_images(db)}
 

@@ -17,6 +17,7 @@ from PIL import Image
 from engine.campaigns.auth import ADMIN, add_annotator
 from engine.campaigns.campaign import Campaign
 from engine.campaigns.client import CampaignClient
+from engine.campaigns.prefill import set_campaign_detector
 from engine.campaigns.server_process import start_server
 from engine.embeddings import from_npy_bytes, to_npy_bytes
 from tests.engine.campaigns.bare import MODEL_SHA, add_embedding, bare_campaign
@@ -184,6 +185,7 @@ def test_stage_2_images_waiting_for_their_prefill_are_reported_and_waited_for(
     campaign = bare_campaign(tmp_path / "campaign", num_images=2, size_hw=SIZE_HW)
     with campaign.db.write() as db:
         db.execute("UPDATE images SET stage = 2")
+    set_campaign_detector(campaign, "detector.pt")  # the prefill job's; not run here
     token = add_annotator(campaign, "ana")
     process, url = start_server(campaign, "embed=false", "rounds=false")
     try:
@@ -205,6 +207,10 @@ def test_stage_2_images_waiting_for_their_prefill_are_reported_and_waited_for(
                 db.execute("UPDATE images SET status = 'error' WHERE image_id = 1")
             assert ana.post("/api/lease").json() == {"lease": None, "waiting": 0}
             assert CampaignClient(url, token).lease() is None
+            with campaign.db.write() as db:  # without a detector nothing would prefill them
+                db.execute("UPDATE images SET status = 'queued' WHERE image_id = 1")
+                db.execute("DELETE FROM meta WHERE key = 'detector'")
+            assert ana.post("/api/lease").json() == {"lease": None, "waiting": 0}
     finally:
         process.terminate()
         process.wait(timeout=30)
