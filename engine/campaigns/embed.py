@@ -106,27 +106,16 @@ class EmbedJob:
         self.image_options = ray.put(ImageOptions(max_short_side=None))
 
     def run(self, rows: list[Any], on_done: Callable[[int, tuple[int, int] | str], None]) -> None:
-        import ray
+        def submit(row: Any, turn: int) -> Any:
+            decoded = self.decode.remote(
+                self._source(row["key"]), self.image_options, self.campaign.storage.options
+            )
+            embedding = self.workers[turn % len(self.workers)].embed.remote(decoded)
+            return self.store.remote(
+                self.campaign.storage, self.model_sha256, row["key"], embedding
+            )
 
-        pending: dict[Any, int] = {}
-        queue = list(rows)
-        turn = 0
-        while queue or pending:
-            while queue and len(pending) < self.resources.in_flight:
-                row = queue.pop(0)
-                worker = self.workers[turn % len(self.workers)]
-                turn += 1
-                decoded = self.decode.remote(
-                    self._source(row["key"]), self.image_options, self.campaign.storage.options
-                )
-                embedding = worker.embed.remote(decoded)
-                stored = self.store.remote(
-                    self.campaign.storage, self.model_sha256, row["key"], embedding
-                )
-                pending[stored] = row["image_id"]
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                on_done(pending.pop(ref), ray.get(ref))
+        run_bounded(rows, submit, on_done, self.resources.in_flight)
 
     def _source(self, key: str) -> ImageSource:
         url = self.campaign.storage.url(self.campaign.image_path(key))
@@ -197,3 +186,26 @@ def run_embed(
             if not follow or os.getppid() != parent:
                 return report
             time.sleep(float(campaign.config.embed.poll_s))
+
+
+def run_bounded(
+    rows: list[Any],
+    submit: Callable[[Any, int], Any],
+    on_done: Callable[[int, Any], None],
+    in_flight: int,
+) -> None:
+    """Submit each row's Ray tasks (submit(row, turn) -> the last task's ref), at most
+    `in_flight` at a time, and hand each result to on_done(image_id, result) as it ends."""
+    import ray
+
+    pending: dict[Any, int] = {}
+    queue = list(rows)
+    turn = 0
+    while queue or pending:
+        while queue and len(pending) < in_flight:
+            row = queue.pop(0)
+            pending[submit(row, turn)] = row["image_id"]
+            turn += 1
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            on_done(pending.pop(ref), ray.get(ref))

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.campaigns.campaign import Campaign, CampaignError, exclusive
 from engine.campaigns.db import now
-from engine.campaigns.embed import store_embedding
+from engine.campaigns.embed import run_bounded, store_embedding
 from engine.campaigns.masks import PREFILLED, PROPOSED, mask_shape
 from engine.campaigns.queue import QUEUED, current_model
 from engine.campaigns.versions import model_config_row
@@ -297,27 +297,15 @@ class PrefillJob:
         self.options = ray.put(ImageOptions(max_short_side=None))
 
     def run(self, rows: list[Any], on_done: Callable[[int, dict[str, Any] | str], None]) -> None:
-        import ray
+        def submit(row: Any, turn: int) -> Any:
+            url = self.campaign.storage.url(self.campaign.image_path(row["key"]))
+            decoded = self.decode.remote(
+                ImageSource(url, url), self.options, self.campaign.storage.options
+            )
+            result = self.workers[turn % len(self.workers)].prefill.remote(decoded)
+            return self.split.remote(self.campaign.storage, self.model_sha256, row["key"], result)
 
-        pending: dict[Any, int] = {}
-        queue = list(rows)
-        turn = 0
-        while queue or pending:
-            while queue and len(pending) < self.resources.in_flight:
-                row = queue.pop(0)
-                url = self.campaign.storage.url(self.campaign.image_path(row["key"]))
-                decoded = self.decode.remote(
-                    ImageSource(url, url), self.options, self.campaign.storage.options
-                )
-                result = self.workers[turn % len(self.workers)].prefill.remote(decoded)
-                turn += 1
-                split = self.split.remote(
-                    self.campaign.storage, self.model_sha256, row["key"], result
-                )
-                pending[split] = row["image_id"]
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                on_done(pending.pop(ref), ray.get(ref))
+        run_bounded(rows, submit, on_done, self.resources.in_flight)
 
     def stop(self) -> None:
         import ray

@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from engine.cluster import ray_session
 from engine.detection.job import (
@@ -24,6 +24,7 @@ from engine.detection.job import (
 from engine.detection.registry import DETECTOR_DIR, resolve_detector_reference
 from engine.detection.rounds import check_metric, run_detector_round
 from engine.detection.trainer import DetectorTrainConfig, resolve_device
+from engine.training.commands import as_list
 from stages.semi.detector import DetectorConfig
 from stages.semi.inference import load_detector
 
@@ -93,17 +94,9 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def _as_list(value: Any) -> list[str]:
-    if isinstance(value, ListConfig):
-        value = OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, (list, tuple)):
-        return [str(v) for v in value]
-    return [str(value)]
-
-
 def train_config(node: Any) -> DetectorTrainConfig:
     plain = dict(_plain(node))
-    plain["data"] = tuple(_as_list(plain["data"]))
+    plain["data"] = tuple(as_list(plain["data"]))
     plain["decay_at"] = tuple(plain["decay_at"])
     plain["output"] = str(plain["output"])
     known = {f.name for f in fields(DetectorTrainConfig)}
@@ -124,7 +117,7 @@ def build_job(cfg: DictConfig, train_node: Any) -> DetectorJob:
     return DetectorJob(
         train=train_config(train_node),
         detector=detector_config(cfg.detector),
-        eval_data=tuple(_as_list(cfg.eval_data)),
+        eval_data=tuple(as_list(cfg.eval_data)),
         model_config=_plain(cfg.model),
         target_precision=float(cfg.target_precision),
         embed=embed_settings(cfg.embed),
@@ -188,7 +181,7 @@ def run_evaluate(cfg: DictConfig) -> None:
                 f"the model given is {sam.sha256[:12]}: give the SAM it was trained with"
             )
         store = embedding_store(embed.cache or default_cache(path), sam.sha256)
-        images = collect(_as_list(cfg.data), sam, store, "embed held-out images")
+        images = collect(as_list(cfg.data), sam, store, "embed held-out images")
     from engine.detection.evaluate import evaluate_detector
 
     target = cfg.target_precision or metadata.target_precision or 0.9

@@ -14,7 +14,8 @@ from engine.training.rounds import EvalSettings, evaluate_checkpoint, run_round
 from engine.training.trainer import StepResult, TrainConfig, train_in_process, train_with_ray
 
 
-def _as_list(value: Any) -> list[str]:
+def as_list(value: Any) -> list[str]:
+    """A config value (a list or one item) as a list of strings."""
     if isinstance(value, ListConfig):
         value = OmegaConf.to_container(value, resolve=True)
     if isinstance(value, (list, tuple)):
@@ -26,7 +27,7 @@ def train_config(node: Any) -> TrainConfig:
     plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
     assert isinstance(plain, dict)
     plain = dict(plain)
-    plain["data"] = tuple(_as_list(plain["data"]))
+    plain["data"] = tuple(as_list(plain["data"]))
     plain["decay_at"] = tuple(plain["decay_at"])
     plain["output"] = str(plain["output"])
     known = TrainConfig.__dataclass_fields__
@@ -73,7 +74,7 @@ def run_evaluate(cfg: DictConfig) -> None:
     from engine.models import resolve_checkpoint_reference
 
     checkpoint = resolve_checkpoint_reference(str(cfg.checkpoint))
-    metrics = evaluate_checkpoint(str(cfg.model), checkpoint, _as_list(cfg.data), settings)
+    metrics = evaluate_checkpoint(str(cfg.model), checkpoint, as_list(cfg.data), settings)
     print(format_metrics(metrics))
     if cfg.output:
         Path(str(cfg.output)).write_text(json.dumps(metrics, indent=2))
@@ -101,7 +102,7 @@ def run_round_command(cfg: DictConfig) -> None:
         record = run_round(
             registry_root=str(cfg.registry),
             train=train_config(cfg.train),
-            eval_data=_as_list(cfg.eval_data),
+            eval_data=as_list(cfg.eval_data),
             eval_settings=settings,
             workers=workers,
             use_gpu=bool(cfg.use_gpu),
