@@ -46,7 +46,13 @@ def _outside_repository(path: object) -> str | None:
     return None if not beside or beside[0].startswith(".") else str(resolved)
 
 
-_ALLOWED = (Path(sys.prefix).resolve(), Path(tempfile.gettempdir()).resolve())
+# Folders that hold the checkout itself (a clone made under the temporary folder, as CI
+# does) cannot exempt its siblings.
+_ALLOWED = tuple(
+    folder
+    for folder in (Path(sys.prefix).resolve(), Path(tempfile.gettempdir()).resolve())
+    if not REPO.parent.is_relative_to(folder)
+)
 _reads_outside: list[str] = []
 
 
