@@ -218,18 +218,19 @@ class LocalCluster:
         (node,) = [n for n in self.alive_nodes() if resource in n["resources_total"]]
         return str(node["node_id"])
 
-    def stop_node(self, node: Node) -> None:
+    def stop_node(self, node: Node, grace_s: float = 60) -> None:
         if node.process.poll() is None:
             os.killpg(node.process.pid, signal.SIGTERM)
         try:
-            node.process.wait(timeout=60)
+            node.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             os.killpg(node.process.pid, signal.SIGKILL)
             node.process.wait()
 
     def stop(self) -> None:
+        # Whatever outlives a short grace is killed below: the cluster is going away whole.
         for node in reversed(self.nodes):
-            self.stop_node(node)
+            self.stop_node(node, grace_s=5)
         for pid in processes_named(str(self.root)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

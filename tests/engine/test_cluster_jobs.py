@@ -28,7 +28,7 @@ from tests.engine.raycluster import LocalCluster, Node
 pytestmark = pytest.mark.slow
 
 NUM_PHOTOS = 4
-SUBMISSIONS = 3
+SUBMISSIONS = 2
 JOB = [
     "model=demo",
     "generator=demo",
