@@ -48,7 +48,11 @@ class AnnotatorReport:
 
 
 class ScriptedAnnotator:
-    """One simulated person with their own token and HTTP client."""
+    """One simulated person with their own token and HTTP client.
+
+    The random draws for an image come from (seed, image id), not from the annotator: which
+    thread leases which image is a race, and a simulation is repeatable only if its masks
+    do not depend on it."""
 
     def __init__(
         self,
@@ -57,13 +61,13 @@ class ScriptedAnnotator:
         client: CampaignClient,
         truth: TruthIndex,
         policy: AnnotatorPolicy,
-        rng: np.random.Generator,
+        seed: int,
         log: Callable[[dict[str, Any]], None],
         decoders: DecoderCache,
         sources: dict[int, str],
     ) -> None:
         self.report = AnnotatorReport(name)
-        self.client, self.truth, self.policy, self.rng = client, truth, policy, rng
+        self.client, self.truth, self.policy, self.seed = client, truth, policy, seed
         self.log, self.decoders, self.sources = log, decoders, sources
 
     def run(self, max_images: Callable[[], bool]) -> AnnotatorReport:
@@ -85,6 +89,7 @@ class ScriptedAnnotator:
         size = (image["height"], image["width"])
         targets = self.truth.masks(self._source(lease), size)
         decode = self._decoder(lease)
+        rng = np.random.default_rng([self.seed, image["image_id"]])
         budget = self.policy.seconds_per_image
         spent = 0.0
         existing = [decode_rle(m["rle"]) for m in lease["masks"] if m["origin"] == "manual"]
@@ -94,7 +99,7 @@ class ScriptedAnnotator:
                 continue
             if any(mask_iou(mask, target) >= COVERED_IOU for mask in existing):
                 continue
-            outcome = annotate_object(decode, target, self.policy, self.rng)
+            outcome = annotate_object(decode, target, self.policy, rng)
             spent += outcome.seconds
             self.report.clicks += outcome.clicks
             self.report.seconds += outcome.seconds
@@ -267,7 +272,7 @@ def simulate(
             client=client,
             truth=index,
             policy=policy,
-            rng=np.random.default_rng([seed, number]),
+            seed=seed,
             log=log,
             decoders=decoders,
             sources=sources,

@@ -104,3 +104,43 @@ def test_eight_annotators_and_a_server_killed_mid_run(
     assert statuses == [("done", 24)]
     annotators = query(folder, "SELECT COUNT(DISTINCT annotator_id) FROM masks")[0][0]
     assert annotators >= 4, "the annotators worked concurrently"
+
+
+def _simulated_masks(folder: Path, truth: Path, shard: Path, annotators: int) -> list[tuple]:
+    create(folder, f"input={shard}", "model=bundled", "onnx.quantize=false")
+    server, url = start_server(Campaign(folder), "rounds=false")  # the embed job beside it
+    try:
+        simulated = run_saengine(
+            "campaign",
+            "simulate",
+            str(folder),
+            f"truth={truth}",
+            f"annotators={annotators}",
+            f"server={url}",
+            "seed=3",
+        )
+        assert simulated.returncode == 0, simulated.stderr[-3000:]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        wait_for(lambda: not processes_named(f"campaign embed {folder}"), "the embed job to end")
+    assert query(folder, "SELECT COUNT(*) FROM images WHERE status != 'done'") == [(0,)]
+    return query(
+        folder,
+        "SELECT image_id, counts, clicks, annotator_id FROM masks WHERE state = 'accepted' "
+        "ORDER BY image_id, mask_id",
+    )
+
+
+def test_a_simulation_repeats_whichever_annotator_leases_an_image(
+    scenes: dict[str, Path], tmp_path: Path
+) -> None:
+    """Same seed, same model: four concurrent annotators click what one annotator alone
+    clicks on every image, though which of them leases which image is a race."""
+    shard = scenes["train"] / "sa_000000.tar"
+    together = _simulated_masks(tmp_path / "four", scenes["train"], shard, annotators=4)
+    alone = _simulated_masks(tmp_path / "one", scenes["train"], shard, annotators=1)
+    assert len({row[3] for row in together}) > 1, "the four annotators shared the images"
+    assert len({row[3] for row in alone}) == 1
+    assert together, "the annotators made masks"
+    assert [row[:3] for row in together] == [row[:3] for row in alone]
