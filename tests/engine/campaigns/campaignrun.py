@@ -5,7 +5,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from tests.engine.jobrun import run_saengine
+from engine.campaigns.campaign import Campaign
+from engine.campaigns.server_process import start_server
+from tests.engine.jobrun import processes_named, run_saengine, wait_for
 
 # A short round: a few steps of the paper's recipe, a small held-out evaluation.
 SHORT_ROUND = [
@@ -28,6 +30,19 @@ def simulate(folder: Path, truth: Path, url: str, *extra: str) -> str:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
+
+
+def serve_and_simulate(folder: Path, truth: Path, *extra: str, serve: tuple[str, ...] = ()) -> str:
+    """Start the campaign's server (its embed and prefill jobs beside it), run scripted
+    annotators against it, stop it and wait for its jobs to end; returns simulate's output."""
+    server, url = start_server(Campaign(folder), *serve)
+    try:
+        return simulate(folder, truth, url, *extra)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        for name in (f"campaign embed {folder}", f"campaign prefill {folder}"):
+            wait_for(lambda name=name: not processes_named(name), f"{name} to end")
 
 
 def create(folder: Path, *args: str) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 from engine.campaigns.campaign import Campaign
 from engine.campaigns.server_process import start_server
-from tests.engine.campaigns.campaignrun import create, query
+from tests.engine.campaigns.campaignrun import create, query, serve_and_simulate
 from tests.engine.jobrun import (
     TIMEOUT_S,
     kill9,
@@ -108,22 +108,7 @@ def test_eight_annotators_and_a_server_killed_mid_run(
 
 def _simulated_masks(folder: Path, truth: Path, shard: Path, annotators: int) -> list[tuple]:
     create(folder, f"input={shard}", "model=bundled", "onnx.quantize=false")
-    server, url = start_server(Campaign(folder), "rounds=false")  # the embed job beside it
-    try:
-        simulated = run_saengine(
-            "campaign",
-            "simulate",
-            str(folder),
-            f"truth={truth}",
-            f"annotators={annotators}",
-            f"server={url}",
-            "seed=3",
-        )
-        assert simulated.returncode == 0, simulated.stderr[-3000:]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        wait_for(lambda: not processes_named(f"campaign embed {folder}"), "the embed job to end")
+    serve_and_simulate(folder, truth, f"annotators={annotators}", "seed=3", serve=("rounds=false",))
     assert query(folder, "SELECT COUNT(*) FROM images WHERE status != 'done'") == [(0,)]
     return query(
         folder,

@@ -14,11 +14,9 @@ from typing import Any
 
 import pytest
 
-from engine.campaigns.campaign import Campaign
-from engine.campaigns.server_process import start_server
 from engine.training.synthetic import SceneOptions, write_synthetic_dataset
-from tests.engine.campaigns.campaignrun import SHORT_ROUND, create, query, simulate
-from tests.engine.jobrun import kill9, processes_named, run_saengine, start_saengine, wait_for
+from tests.engine.campaigns.campaignrun import SHORT_ROUND, create, query, serve_and_simulate
+from tests.engine.jobrun import kill9, run_saengine, start_saengine, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -42,17 +40,6 @@ SMALL_DETECTOR = [
     "warmup_steps=10",
     "checkpoint_every=50",
 ]
-
-
-def _serve_and_simulate(folder: Path, truth: Path, *extra: str) -> str:
-    server, url = start_server(Campaign(folder))  # the embed (and prefill) jobs beside it
-    try:
-        return simulate(folder, truth, url, *extra)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        for name in (f"campaign embed {folder}", f"campaign prefill {folder}"):
-            wait_for(lambda name=name: not processes_named(name), f"{name} to end")
 
 
 def _prefill_killed_once(folder: Path, log: Path) -> int:
@@ -99,7 +86,7 @@ def test_stage_2_prefill_resume_and_annotators_add_what_is_missing(
         "prefill.score_thresh=0.4",
     )
     # Stage 1: scripted annotators on the first images.
-    _serve_and_simulate(
+    serve_and_simulate(
         folder, scenes["train"], "annotators=2", f"max_images={STAGE_1_IMAGES}", "seed=1"
     )
     stage_1 = query(folder, "SELECT COUNT(*) FROM images WHERE status = 'done'")[0][0]
@@ -157,7 +144,7 @@ def test_stage_2_prefill_resume_and_annotators_add_what_is_missing(
     assert prefilled, "the detector's confident boxes gave masks"
 
     # Stage 2: annotators review the prefilled masks and add the missing objects.
-    _serve_and_simulate(folder, scenes["train"], "annotators=2", "seed=2")
+    serve_and_simulate(folder, scenes["train"], "annotators=2", "seed=2")
     states = dict(
         query(
             folder,
