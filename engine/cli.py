@@ -17,8 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from engine.config import compose_config as _compose
+from engine.errors import UsageError, first_line
 from stages.automatic import PRESETS
 
 USAGE = """usage: saengine <command> [key=value ...]
@@ -47,10 +49,6 @@ Options are Hydra overrides (key=value, see `saengine <command> --help`), for ex
 # Image settings that come with a generator preset: SA-1B's released images have faces and
 # licence plates blurred.
 PRESET_IMAGES: dict[str, dict[str, Any]] = {"sa1b": {"privacy": "blur"}}
-
-
-class UsageError(ValueError):
-    """Bad command line or configuration."""
 
 
 def _register_config_nodes() -> None:
@@ -88,24 +86,8 @@ def _register_config_nodes() -> None:
 
 def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
     """The composed config of a command, as `saengine <command> overrides...` sees it."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     _register_config_nodes()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module(config_module="configs", version_base=None):
-            cfg = compose(config_name=config_name, overrides=overrides)
-        missing = sorted(OmegaConf.missing_keys(cfg))
-        if missing:
-            hint = " ".join(f"{key}=..." for key in missing)
-            raise UsageError(f"missing required option(s): {', '.join(missing)} (give {hint})")
-        OmegaConf.to_container(cfg, resolve=True)
-    except (HydraException, OmegaConfBaseException) as error:
-        raise UsageError(_first_line(error)) from error
-    return cfg
+    return _compose(config_name, overrides)
 
 
 def _command_help(config_name: str, args: list[str] | None = None) -> str:
@@ -287,9 +269,9 @@ def _main(args: list[str]) -> None:
         _fail("interrupted; committed shards are kept, rerun the same command to resume", 130)
     except Exception as error:  # noqa: BLE001 - every error ends in a one-line message
         if _is_user_error(error):
-            _fail(_first_line(error))
+            _fail(first_line(error))
         log = _write_error_log(error, rest)
-        _fail(f"internal error: {_first_line(error)} (full traceback in {log})", 1)
+        _fail(f"internal error: {first_line(error)} (full traceback in {log})", 1)
 
 
 def _is_user_error(error: BaseException) -> bool:
@@ -367,14 +349,6 @@ def _override_values(overrides: list[str]) -> dict[str, str]:
         if equals:
             values[key] = value
     return values
-
-
-def _first_line(error: BaseException) -> str:
-    cause: Any = getattr(error, "cause", None)
-    if cause is not None and cause is not error:
-        return _first_line(cause)
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _fail(message: str, code: int = 2) -> None:

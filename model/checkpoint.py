@@ -65,6 +65,19 @@ def cache_dir() -> Path:
     return Path(root) / "checkpoints"
 
 
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """torch.save to `path` through a temporary name (flushed, fsynced, renamed), so a
+    reader or a resumed run never sees half a checkpoint."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.partial")
+    with open(temporary, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, target)
+
+
 def sha256_of(path: Path, chunk_bytes: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

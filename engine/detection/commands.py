@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from engine.cluster import ray_session
+from engine.config import compose_config
 from engine.detection.job import (
     DETECTOR_FILE,
     DetectorJob,
@@ -24,6 +25,7 @@ from engine.detection.job import (
 from engine.detection.registry import DETECTOR_DIR, resolve_detector_reference
 from engine.detection.rounds import check_metric, run_detector_round
 from engine.detection.trainer import DetectorTrainConfig, resolve_device
+from engine.errors import UsageError
 from engine.training.commands import as_list
 from stages.semi.detector import DetectorConfig
 from stages.semi.inference import load_detector
@@ -80,8 +82,6 @@ def detector_help(args: list[str]) -> str:
 
 
 def run_detector_command(args: list[str]) -> None:
-    from engine.cli import UsageError, compose_config
-
     if not args or args[0] not in SUBCOMMANDS:
         given = f" {args[0]!r}" if args else ""
         raise UsageError(f"detector needs a subcommand{given}: {', '.join(SUBCOMMANDS)}")
