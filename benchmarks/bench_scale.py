@@ -29,11 +29,12 @@ from PIL import Image
 
 from benchmarks.common import machine
 from engine.dataset import ManifestRow
-from engine.generation.pipeline import Pipeline, Resources
+from engine.dataset.writer import ShardInfo
+from engine.generation.pipeline import Pipeline
 from engine.generation.plan import iter_plan, write_plan
-from engine.generation.workers import ShardInfo
 from engine.images import DecodedImage, ImageOptions
 from engine.storage import Storage
+from engine.workers.pool import Resources
 from stages.automatic import GeneratorConfig
 from stages.automatic.columns import MaskColumns
 from stages.automatic.rle import masks_to_rles

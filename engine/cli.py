@@ -131,7 +131,7 @@ def _generate(overrides: list[str]) -> None:
 
 
 def _inspect(overrides: list[str]) -> None:
-    from engine.inspect import run_inspect
+    from engine.dataset.inspect import run_inspect
 
     if overrides and "=" not in overrides[0]:
         overrides = [f"path={overrides[0]}", *overrides[1:]]

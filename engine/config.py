@@ -123,7 +123,7 @@ def _convert(hint: Any, value: Any) -> Any:
         options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
         return _convert(options[0], value) if len(options) == 1 else value
     if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-        return from_config(hint, value)  # type: ignore[type-var]
+        return from_config(hint, value)  # type: ignore[arg-type]
     if origin is tuple and isinstance(value, list | tuple):
         args = typing.get_args(hint)
         item = args[0] if args else Any

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
 
 
@@ -35,13 +34,3 @@ def scale_boxes(boxes: np.ndarray, original_size: tuple[int, int], long_side: in
     """... x 4 XYXY in original pixels -> XYXY in resized pixels."""
     corners = np.asarray(boxes).reshape(-1, 2, 2)
     return scale_coords(corners, original_size, long_side).reshape(-1, 4)
-
-
-def scale_coords_torch(
-    coords: torch.Tensor, original_size: tuple[int, int], long_side: int
-) -> torch.Tensor:
-    """Torch version of `scale_coords` (keeps dtype/device; float input expected)."""
-    height, width = original_size
-    new_h, new_w = longest_side_shape(height, width, long_side)
-    factors = coords.new_tensor([new_w / width, new_h / height])
-    return coords * factors

@@ -27,12 +27,11 @@ from engine.campaigns.queue import LEASED, QUEUED, current_model
 from engine.campaigns.versions import model_config_row
 from engine.cluster import ray_session
 from engine.embeddings import Embedding, EmbeddingStore
-from engine.generation.pipeline import Resources, start_model_workers
-from engine.generation.workers import Failure, decode_source
 from engine.images import ImageOptions
 from engine.sources import ImageSource
 from engine.storage import Storage
-from stages.automatic import GeneratorConfig
+from engine.workers.decode import Failure, decode_source
+from engine.workers.pool import Resources, start_model_workers
 
 
 @dataclass
@@ -89,17 +88,10 @@ class EmbedJob:
         self.campaign = campaign
         self.model_sha256 = model_sha256
         self.resources = resources
-        self.workers = start_model_workers(
-            model_config=model_config, generator_config=GeneratorConfig(), resources=resources
+        self.pool = start_model_workers(
+            resources=resources, expect_sha256=model_sha256, model_config=model_config
         )
-        identity = ray.get(self.workers[0].identity.remote())
-        if "error" in identity:
-            raise CampaignError(f"cannot load model {model_sha256[:12]}: {identity['error']}")
-        if identity["weights_sha256"] != model_sha256:
-            raise CampaignError(
-                f"model {model_sha256[:12]} now loads as {identity['weights_sha256'][:12]}: "
-                "its checkpoint file changed"
-            )
+        self.workers = self.pool.actors
         task: Any = ray.remote(num_cpus=resources.cpus_per_task, max_retries=3)
         self.decode = task(decode_source)
         self.store = task(store_embedding)

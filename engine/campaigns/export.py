@@ -29,7 +29,7 @@ from engine.dataset import (
     staged_path,
     write_summary,
 )
-from engine.generation.workers import commit_shard
+from engine.dataset.writer import commit_shard
 from engine.storage import Storage
 
 

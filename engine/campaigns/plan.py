@@ -23,9 +23,9 @@ from engine.campaigns.db import DB_FILE, Database
 from engine.campaigns.queue import ERROR, PLANNED, QUEUED
 from engine.campaigns.versions import publish_model
 from engine.dataset import image_key
-from engine.generation.workers import Failure, decode_source
 from engine.images import DecodedImage, ImageOptions
 from engine.sources import ImageSource, list_sources
+from engine.workers.decode import Failure, decode_source
 
 # What a campaign is made of; creating again must give the same, or it is another campaign.
 IDENTITY_KEYS = ("input", "stage", "data", "images", "model")

@@ -32,10 +32,11 @@ from engine.campaigns.queue import QUEUED, current_model
 from engine.campaigns.versions import model_config_row
 from engine.cluster import ray_session
 from engine.embeddings import Embedding, embed_image
-from engine.generation.pipeline import Resources
-from engine.generation.workers import Failure, ModelWorker, decode_source
 from engine.images import DecodedImage, ImageOptions
 from engine.sources import ImageSource
+from engine.workers.decode import Failure, decode_source
+from engine.workers.model import ModelWorker
+from engine.workers.pool import Resources
 from model import SamPredictor
 from model.checkpoint import sha256_of
 from stages.automatic import GeneratorConfig
@@ -91,7 +92,7 @@ class PrefillWorker(ModelWorker):
 
         from engine.models import weights_sha256
 
-        own = weights_sha256(self.generator.predictor.model)
+        own = weights_sha256(self.predictor.model)
         if self.metadata.sam_weights_sha256 == own:
             return None
         if not self.metadata.sam_model:
@@ -105,7 +106,7 @@ class PrefillWorker(ModelWorker):
 
         started = time.perf_counter()
         self.first_start = self.first_start or started
-        predictor = self.generator.predictor
+        predictor = self.predictor
         try:
             embedding = embed_image(predictor, decoded.rgb)
             features = embedding.array

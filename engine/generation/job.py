@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from engine.cluster import ClusterError, check_output_shared, ray_session
+from engine.config import from_config, plain
 from engine.dataset import (
     JOB_FILE,
     MANIFEST_DIR,
@@ -32,11 +33,12 @@ from engine.dataset import (
     write_summary,
 )
 from engine.generation.lock import LockSettings, OutputLock
-from engine.generation.pipeline import JobStopped, Pipeline, Resources, start_model_workers
+from engine.generation.pipeline import JobStopped, Pipeline
 from engine.generation.plan import PlanInfo, iter_plan, read_plan_info, write_plan
 from engine.generation.report import print_summary, run_with_progress, worker_report
 from engine.images import ImageOptions
 from engine.storage import Storage
+from engine.workers.pool import Resources, WorkerPool, start_model_workers
 from stages.automatic import GeneratorConfig
 
 FORMAT_VERSION = 2
@@ -75,23 +77,21 @@ class JobSettings:
 
     @staticmethod
     def from_config(cfg: DictConfig) -> JobSettings:
-        plain = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(plain, dict)
-        if plain["images_per_shard"] < 1:
-            raise ValueError(f"images_per_shard must be >= 1, got {plain['images_per_shard']}")
-        inputs = plain["input"]
+        if cfg.images_per_shard < 1:
+            raise ValueError(f"images_per_shard must be >= 1, got {cfg.images_per_shard}")
+        inputs = plain(cfg.input)
         return JobSettings(
             input=[str(i) for i in inputs] if isinstance(inputs, list) else [str(inputs)],
-            output=str(plain["output"]),
-            images_per_shard=int(plain["images_per_shard"]),
-            image_options=ImageOptions(**plain["images"]),
-            generator=GeneratorConfig(**plain["generator"]),
-            resources=Resources(**plain["resources"]),
-            model_config=plain["model"],
-            storage_options=plain.get("storage_options") or {},
-            lock=LockSettings(**(plain.get("lock") or {})),
-            force=bool(plain["force"]),
-            progress=bool(plain["progress"]),
+            output=str(cfg.output),
+            images_per_shard=int(cfg.images_per_shard),
+            image_options=from_config(ImageOptions, cfg.images),
+            generator=from_config(GeneratorConfig, cfg.generator),
+            resources=from_config(Resources, cfg.resources),
+            model_config=plain(cfg.model),
+            storage_options=plain(cfg.get("storage_options")) or {},
+            lock=from_config(LockSettings, cfg.get("lock")),
+            force=bool(cfg.force),
+            progress=bool(cfg.progress),
         )
 
     def shard_size(self, num_images: int) -> Any:
@@ -110,7 +110,8 @@ def run_generate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     with OutputLock(storage, settings.lock) as lock:
         plan = _plan(storage, settings)
         with ray_session(cfg):
-            model, workers = _start(storage, settings, cfg)
+            pool = _start(storage, settings, cfg)
+            model = pool.identity
             fingerprint = _fingerprint(settings, plan, model)
             _check_or_claim(storage, fingerprint, force=settings.force)
             run_dir = _write_run_config(storage, cfg, overrides)
@@ -125,7 +126,7 @@ def run_generate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
                         storage, images_per_shard=settings.images_per_shard, skip_shards=done
                     ),
                     shard_size=sizes,
-                    workers=workers,
+                    workers=pool.actors,
                     storage=storage,
                     generator_config=settings.generator,
                     image_options=settings.image_options,
@@ -169,26 +170,18 @@ def _plan(storage: Storage, settings: JobSettings) -> PlanInfo:
     return write_plan(storage, settings.input, settings.storage_options, progress=settings.progress)
 
 
-def _start(
-    storage: Storage, settings: JobSettings, cfg: DictConfig
-) -> tuple[dict[str, Any], list[Any]]:
-    """Check the cluster, start the model workers; returns the model's identity and them."""
-    import ray
-
+def _start(storage: Storage, settings: JobSettings, cfg: DictConfig) -> WorkerPool:
+    """Check the cluster, start the model workers (they know the model's identity)."""
     _check_room(settings.resources, embedded=not cfg.ray.address)
     try:
         check_output_shared(storage, f"{RUNS_DIR}/{run_name()}")
     except ClusterError as error:
         raise JobError(str(error)) from error
-    workers = start_model_workers(
+    return start_model_workers(
+        resources=settings.resources,
         model_config=settings.model_config,
         generator_config=settings.generator,
-        resources=settings.resources,
     )
-    model = ray.get(workers[0].identity.remote())
-    if "error" in model:
-        raise JobError(f"cannot load model: {model['error']}")
-    return model, workers
 
 
 def _check_output(storage: Storage, output: str) -> None:

@@ -20,7 +20,6 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from engine.storage import Storage
 
@@ -166,7 +165,3 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def lock_settings(config: dict[str, Any] | None) -> LockSettings:
-    return LockSettings(**(config or {}))

@@ -22,71 +22,18 @@ from typing import Any
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
-from engine.dataset import STATUS_ERROR, ManifestRow, shard_name
-from engine.generation.workers import (
-    ImagePlan,
-    ModelWorker,
-    ShardInfo,
-    commit_shard,
-    decode_source,
-    finish_image,
-)
+from engine.dataset import ManifestRow
+from engine.dataset.writer import ShardInfo, commit_shard
+from engine.errors import first_line
+from engine.generation.finish import failed_row, finish_image
+from engine.generation.plan import ImagePlan
 from engine.images import ImageOptions
 from engine.storage import Storage
+from engine.workers.decode import decode_source
+from engine.workers.pool import TASK_RETRIES, Resources
 from stages.automatic import GeneratorConfig
 
-TASK_RETRIES = 3
 CHECK_S = 10.0  # how often the driver looks at the cluster while nothing finishes
-
-
-@dataclass(frozen=True)
-class Resources:
-    """model_actors: model workers (one per GPU on a cluster); gpus_per_actor /
-    cpus_per_actor / actor_resources (custom Ray resources, e.g. {"model_node": 1}): what
-    each holds; cpus_per_task: per decode/finish/commit task; max_in_flight: images between
-    decode and staging (None: 4 per model worker); max_restarts: restarts of a dead model
-    worker before the job fails; capacity_wait_s: how long the job waits for a node that
-    can host a model worker before it stops; device: 'auto' | 'cpu' | 'cuda'; precision:
-    'fp32' (exact) | 'bf16' (fast, CUDA)."""
-
-    model_actors: int = 1
-    gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 1.0
-    actor_resources: dict[str, float] = field(default_factory=dict)
-    cpus_per_task: float = 1.0
-    max_in_flight: int | None = None
-    max_restarts: int = 3
-    capacity_wait_s: float = 300.0
-    device: str = "auto"
-    precision: str = "fp32"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "actor_resources", dict(self.actor_resources or {}))
-        if self.capacity_wait_s <= 0:
-            raise ValueError(f"resources.capacity_wait_s must be > 0, got {self.capacity_wait_s}")
-        for name, amount in self.actor_resources.items():
-            if amount < 0:
-                raise ValueError(f"resources.actor_resources.{name} must be >= 0, got {amount}")
-        if self.model_actors < 1:
-            raise ValueError(f"resources.model_actors must be >= 1, got {self.model_actors}")
-        for name in ("gpus_per_actor", "cpus_per_actor", "cpus_per_task"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"resources.{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_in_flight is not None and self.max_in_flight < 1:
-            raise ValueError(f"resources.max_in_flight must be >= 1, got {self.max_in_flight}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"resources.device must be auto, cpu or cuda, got {self.device!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"resources.precision must be fp32 or bf16, got {self.precision!r}")
-
-    @property
-    def in_flight(self) -> int:
-        return self.max_in_flight or 4 * self.model_actors
-
-    def actor_needs(self) -> dict[str, float]:
-        """The Ray resources one model worker holds."""
-        needs = {"CPU": self.cpus_per_actor, "GPU": self.gpus_per_actor, **self.actor_resources}
-        return {name: amount for name, amount in needs.items() if amount > 0}
 
 
 @dataclass
@@ -94,35 +41,6 @@ class PipelineResult:
     shards: list[ShardInfo] = field(default_factory=list)
     worker_stats: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def start_model_workers(
-    *,
-    model_config: dict[str, Any],
-    generator_config: GeneratorConfig,
-    resources: Resources,
-) -> list[Any]:
-    device = resources.device
-    if device == "auto":
-        device = "cuda" if resources.gpus_per_actor > 0 else "cpu"
-    actor_class = ray.remote(
-        num_cpus=resources.cpus_per_actor,
-        num_gpus=resources.gpus_per_actor,
-        resources=dict(resources.actor_resources),
-        max_restarts=resources.max_restarts,
-        max_task_retries=TASK_RETRIES,
-    )(ModelWorker)
-    threads = max(1, int(resources.cpus_per_actor))
-    return [
-        actor_class.remote(
-            model_config=model_config,
-            generator_config=generator_config,
-            device=device,
-            precision=resources.precision,
-            threads=threads,
-        )
-        for _ in range(resources.model_actors)
-    ]
 
 
 class JobStopped(RuntimeError):
@@ -246,23 +164,12 @@ class Pipeline:
             if isinstance(cause, ActorUnavailableError) and self._retry(plan):
                 return  # the worker is restarting (its node was lost?): send the image again
             raise JobStopped(
-                f"a model worker is gone ({type(cause).__name__}: {_one_line(cause)}); "
+                f"a model worker is gone ({type(cause).__name__}: {first_line(cause)}); "
                 "committed shards are kept: rerun the job to resume"
             ) from error
         except RayTaskError as error:
             # An unexpected failure on one image: an error row, and the job goes on.
-            message = _one_line(error.cause if error.cause else error)
-            row = ManifestRow(
-                image_id=plan.image_id,
-                source=plan.source.source,
-                shard=shard_name(plan.shard),
-                key=plan.key,
-                width=0,
-                height=0,
-                num_masks=0,
-                status=STATUS_ERROR,
-                error=f"internal error: {message}",
-            )
+            row = failed_row(plan, f"internal error: {first_line(error)}")
         self.rows[plan.shard].append(row)
         self.on_image(row)
         self.remaining[plan.shard] -= 1
@@ -287,8 +194,3 @@ def _can_host(needs: dict[str, float]) -> bool:
         if node.get("Alive") and all(total.get(k, 0.0) >= v for k, v in needs.items()):
             return True
     return False
-
-
-def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__

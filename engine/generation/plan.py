@@ -25,9 +25,19 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from engine.dataset import image_key
-from engine.generation.workers import ImagePlan
 from engine.sources import ImageSource, InputError, iter_sources
 from engine.storage import Storage
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """Where one input image goes: its id, key and shard are fixed by its input position."""
+
+    image_id: int
+    source: ImageSource
+    shard: int
+    key: str
+
 
 PLAN_FILE = "plan.parquet"
 PLAN_INFO_FILE = "plan.json"

@@ -11,8 +11,8 @@ from typing import Any
 from tqdm import tqdm
 
 from engine.dataset import STATUS_OK, ManifestRow, shard_name
+from engine.dataset.writer import ShardInfo
 from engine.generation.pipeline import Pipeline, PipelineResult
-from engine.generation.workers import ShardInfo
 from engine.storage import Storage
 
 

@@ -10,23 +10,12 @@ is why tests, the bundled model and evaluation use them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from engine.dataset import (
-    ANNOTATION_ID_STRIDE,
-    JOB_FILE,
-    STATUS_OK,
-    ManifestRow,
-    dumps_json,
-    image_key,
-    shard_name,
-    staged_path,
-    write_summary,
-)
-from engine.generation.workers import commit_shard
+from engine.dataset import image_key, shard_name
+from engine.dataset.writer import DatasetWriter, image_entry, numbered
 from engine.storage import Storage
 from stages.automatic.geometry import box_xyxy_to_xywh
 from stages.automatic.rle import coco_encode, masks_to_rles
@@ -140,12 +129,11 @@ def scene_record(scene: Scene, image_id: int) -> dict[str, object]:
     height, width = scene.masks.shape[1:] if len(scene.masks) else scene.image.shape[:2]
     rles = masks_to_rles(torch.from_numpy(scene.masks))
     annotations = []
-    for rank, (mask, rle) in enumerate(zip(scene.masks, rles)):
+    for mask, rle in zip(scene.masks, rles):
         ys, xs = np.nonzero(mask)
         box = [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
         annotations.append(
             {
-                "id": image_id * ANNOTATION_ID_STRIDE + rank,
                 "segmentation": coco_encode(rle),
                 "bbox": box_xyxy_to_xywh(box),
                 "area": int(mask.sum()),
@@ -155,15 +143,8 @@ def scene_record(scene: Scene, image_id: int) -> dict[str, object]:
                 "point_coords": [[float(xs.mean()), float(ys.mean())]],
             }
         )
-    return {
-        "image": {
-            "image_id": image_id,
-            "width": int(width),
-            "height": int(height),
-            "file_name": f"{image_key(image_id)}.jpg",
-        },
-        "annotations": annotations,
-    }
+    image = image_entry(image_id, image_key(image_id), width=int(width), height=int(height))
+    return {"image": image, "annotations": numbered(image_id, annotations)}
 
 
 def write_synthetic_dataset(
@@ -184,35 +165,19 @@ def write_synthetic_dataset(
     if split not in SPLIT_SEEDS:
         raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
     options = options or SceneOptions()
-    storage = Storage(output)
+    writer = DatasetWriter(Storage(output), images_per_shard=images_per_shard)
     rng = np.random.default_rng([SPLIT_SEEDS[split], seed])
-    shards: list[str] = []
-    for first in range(0, num_images, images_per_shard):
-        shard = first // images_per_shard
-        rows = []
-        for image_id in range(first + 1, min(first + images_per_shard, num_images) + 1):
-            scene = make_scene(rng, options)
-            key = image_key(image_id)
-            buffer = io.BytesIO()
-            Image.fromarray(scene.image).save(buffer, format="JPEG", quality=95)
-            storage.write_bytes(staged_path(shard, key, "jpg"), buffer.getvalue())
-            record = scene_record(scene, image_id)
-            storage.write_bytes(staged_path(shard, key, "json"), dumps_json(record))
-            rows.append(
-                ManifestRow(
-                    image_id=image_id,
-                    source=f"synthetic:{split}:{seed}:{image_id}",
-                    shard=shard_name(shard),
-                    key=key,
-                    width=options.size,
-                    height=options.size,
-                    num_masks=len(scene.masks),
-                    status=STATUS_OK,
-                    error="",
-                )
-            )
-        commit_shard(storage, shard, rows)
-        shards.append(f"{shard_name(shard)}.tar")
+    for image_id in range(1, num_images + 1):
+        scene = make_scene(rng, options)
+        buffer = io.BytesIO()
+        Image.fromarray(scene.image).save(buffer, format="JPEG", quality=95)
+        writer.add(
+            image_id=image_id,
+            key=image_key(image_id),
+            source=f"synthetic:{split}:{seed}:{image_id}",
+            jpeg=buffer.getvalue(),
+            record=scene_record(scene, image_id),
+        )
     job = {
         "synthetic": {
             "split": split,
@@ -221,6 +186,5 @@ def write_synthetic_dataset(
             "options": {**asdict(options), "objects": list(options.objects)},
         }
     }
-    storage.write_bytes(JOB_FILE, json.dumps(job, indent=2).encode())
-    write_summary(storage, job)
-    return shards
+    writer.close(job, summary=job)
+    return [f"{shard_name(info.shard)}.tar" for info in writer.shards]

@@ -42,8 +42,3 @@ def clean_mask(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, bool]:
     mask, holes_changed = fill_small_holes(mask, min_area)
     mask, islands_changed = remove_small_islands(mask, min_area)
     return mask, holes_changed or islands_changed
-
-
-def largest_component_area(mask: np.ndarray) -> int:
-    _, sizes = _components(mask)
-    return int(sizes.max()) if sizes.size else 0

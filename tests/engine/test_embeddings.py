@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from engine.embeddings import EmbeddingStore
-from engine.generation.workers import Failure, ModelWorker
 from engine.images import ImageOptions, decode_image
 from engine.models import weights_sha256
 from engine.storage import Storage
+from engine.workers.decode import Failure
+from engine.workers.model import ModelWorker
 from model import SamPredictor
-from stages.automatic import GeneratorConfig
 
 DEMO_MODEL = {
     "_target_": "engine.models.load_model",
@@ -44,10 +44,10 @@ def test_store_round_trip_is_fp16_and_keyed_by_model(tmp_path: Path) -> None:
 def test_model_worker_embeds_like_the_predictor() -> None:
     image_path = Path(__file__).resolve().parents[2] / "samples" / "images" / "dog.jpg"
     decoded = decode_image(image_path.read_bytes(), ImageOptions(max_short_side=200))
-    worker = ModelWorker(model_config=DEMO_MODEL, generator_config=GeneratorConfig())
+    worker = ModelWorker(model_config=DEMO_MODEL)
     embedding = worker.embed(decoded)
     assert not isinstance(embedding, Failure)
-    sam = worker.generator.predictor.model
+    sam = worker.predictor.model
     predictor = SamPredictor(sam)
     predictor.set_image(decoded.rgb)
     expected = predictor.get_image_embedding()[0].to(torch.float16).numpy()

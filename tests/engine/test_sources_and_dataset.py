@@ -11,11 +11,11 @@ import pytest
 from engine.dataset import (
     ManifestRow,
     committed_shards,
-    pack_shard,
     read_manifest,
     staged_path,
     write_manifest_part,
 )
+from engine.dataset.writer import pack_shard
 from engine.sources import InputError, list_sources, sources_digest
 from engine.storage import Storage
 

@@ -4,14 +4,15 @@ image, relative mask size, mask-centre density)."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from engine.dataset import committed_shards
-from engine.inspect import DatasetStats, iter_shard_records
+from engine.dataset.reader import iter_records
+from engine.dataset.stats import DatasetStats
 from engine.storage import Storage
 
 
@@ -46,13 +47,7 @@ def write_pictures(
 
 
 def _first_images(storage: Storage, count: int) -> list[tuple[str, bytes, bytes]]:
-    found: list[tuple[str, bytes, bytes]] = []
-    for shard in committed_shards(storage):
-        for record in iter_shard_records(storage, shard):
-            if len(found) >= count:
-                return found
-            found.append(record)
-    return found
+    return list(itertools.islice(iter_records(storage), count))
 
 
 def _plots(stats: DatasetStats) -> dict[str, bytes]:

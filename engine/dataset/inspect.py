@@ -12,8 +12,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,7 +20,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from engine.dataset import (
+from engine.dataset.layout import (
     JOB_FILE,
     STATUS_OK,
     SUMMARY_FILE,
@@ -30,6 +28,8 @@ from engine.dataset import (
     read_manifest,
     shard_name,
 )
+from engine.dataset.reader import iter_shard_records
+from engine.dataset.stats import DatasetStats
 from engine.storage import Storage
 
 IMAGE_FIELDS = {"image_id": int, "width": int, "height": int, "file_name": str}
@@ -44,41 +44,6 @@ ANNOTATION_FIELDS = {
     "point_coords": list,
 }
 MAX_PROBLEMS_SHOWN = 10
-
-
-@dataclass
-class DatasetStats:
-    """What inspect collects: per image mask counts, per mask relative size and centre."""
-
-    problems: list[str] = field(default_factory=list)
-    images: int = 0
-    masks_per_image: list[int] = field(default_factory=list)
-    relative_sizes: list[float] = field(default_factory=list)
-    centres: list[tuple[float, float]] = field(default_factory=list)
-    annotation_ids: set[int] = field(default_factory=set)
-
-    def problem(self, where: str, message: str) -> None:
-        self.problems.append(f"{where}: {message}")
-
-
-def iter_shard_records(storage: Storage, shard: int) -> Iterator[tuple[str, bytes, bytes]]:
-    """(key, jpg bytes, json bytes) of each image of a shard tar, in tar order."""
-    with (
-        storage.open_read(f"{shard_name(shard)}.tar") as handle,
-        tarfile.open(fileobj=handle, mode="r:") as tar,
-    ):
-        pending: dict[str, dict[str, bytes]] = {}
-        for member in tar:
-            key, _, extension = member.name.rpartition(".")
-            extracted = tar.extractfile(member)
-            if extracted is None:
-                continue
-            pending.setdefault(key, {})[extension] = extracted.read()
-            if {"jpg", "json"} <= set(pending[key]):
-                files = pending.pop(key)
-                yield key, files["jpg"], files["json"]
-        for key, files in pending.items():
-            yield key, files.get("jpg", b""), files.get("json", b"")
 
 
 def verify_dataset(storage: Storage, *, max_images: int | None = None) -> DatasetStats:
@@ -249,7 +214,7 @@ def run_inspect(cfg: DictConfig) -> bool:
     stats = verify_dataset(storage, max_images=cfg.max_images)
     print(format_report(storage, stats))
     if cfg.pictures:
-        from engine.pictures import write_pictures
+        from engine.dataset.pictures import write_pictures
 
         # pictures=true: into <dataset>/inspect; pictures=<dir or URL>: there.
         where = storage.url("inspect") if cfg.pictures is True else str(cfg.pictures)

@@ -1,4 +1,4 @@
-"""The SA-1B dataset layout this engine writes, and the records that describe it.
+"""The SA-1B dataset layout: file names, the manifest, the summary, ids and keys.
 
     <output>/sa_000000.tar            <key>.jpg + <key>.json pairs, in key order
     <output>/manifest/sa_000000.parquet   one row per input image planned for that shard
@@ -19,13 +19,11 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset
 
 from engine.storage import Storage
 
@@ -123,28 +121,9 @@ def staged_path(shard: int, key: str, extension: str) -> str:
     return f"{STAGING_DIR}/{shard_name(shard)}/{key}.{extension}"
 
 
-def pack_shard(storage: Storage, shard: int, keys: Iterable[str]) -> int:
-    """Write sa_<shard>.tar from the staged files of `keys` (in that order) with
-    webdataset's tar writer, fixed metadata (so the same files give the same bytes), under a
-    temporary name renamed into place when complete; returns its size in bytes."""
-    with storage.open_atomic(f"{shard_name(shard)}.tar") as handle:
-        with webdataset.TarWriter(
-            handle, encoder=False, user="", group="", mode=0o644, mtime=0.0
-        ) as writer:
-            for key in keys:
-                files = {ext: storage.read_bytes(staged_path(shard, key, ext)) for ext in FILES}
-                writer.write({"__key__": key, **files})
-        size = handle.tell()
-    return size
-
-
 def dumps_json(value: Any) -> bytes:
     """The one JSON encoding of this format (compact, key order as built)."""
     return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-
-
-def row_to_dict(row: ManifestRow) -> dict[str, Any]:
-    return asdict(row)
 
 
 def write_summary(storage: Storage, extra: dict[str, Any]) -> dict[str, Any]:
