@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from engine.errors import first_line
 from stages.automatic.images import ImageInputError, to_rgb_uint8
 
 
@@ -72,8 +73,7 @@ def decode_image(data: bytes, options: ImageOptions) -> DecodedImage:
     except ImageDecodeError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ImageDecodeError(f"cannot decode image: {message}") from error
+        raise ImageDecodeError(f"cannot decode image: {first_line(error)}") from error
     return _blur_private(decoded, options) if options.privacy == "blur" else decoded
 
 
