@@ -134,36 +134,54 @@ def read_cvat(path: str) -> Iterator[ImageLabels]:
 
 def _image(element: ElementTree.Element, path: str) -> ImageLabels:
     name = element.get("name", "")
-    where = f"{path}: image {name!r}"
     try:
         width, height = int(element.get("width", "")), int(element.get("height", ""))
-        groups: dict[str, list[geometry.CocoRle]] = {}
-        objects: list[LabelObject] = []
+        # Objects in file order; a group's shapes become one object where its first one is.
+        shapes: list[list[tuple[str, LabelObject]]] = []
+        groups: dict[str, list[tuple[str, LabelObject]]] = {}
         for shape in element:
-            label = shape.get("label", "object")
-            if shape.tag == "box":
-                xtl, ytl, xbr, ybr = (float(shape.get(k, "")) for k in ("xtl", "ytl", "xbr", "ybr"))
-                objects.append(box_object((xtl, ytl, xbr - xtl, ybr - ytl), label=label))
-            elif shape.tag in ("polygon", "mask"):
-                rle = _shape_rle(shape, height=height, width=width)
-                group = shape.get("group_id", "0")
+            item = _shape(shape, height=height, width=width)
+            if item is None:
+                continue
+            group = shape.get("group_id", "0")
+            if group == "0" or f"{item.label}\0{group}" not in groups:
+                shapes.append([(shape.tag, item)])
                 if group != "0":
-                    groups.setdefault(f"{label}\0{group}", []).append(rle)
-                else:
-                    objects.append(mask_object(rle, kind=_kind(shape.tag), label=label))
+                    groups[f"{item.label}\0{group}"] = shapes[-1]
+            else:
+                groups[f"{item.label}\0{group}"].append((shape.tag, item))
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: {error}") from error
-    for key, rles in groups.items():
-        merged = mask_utils.merge([geometry.native(r) for r in rles])
-        rle = {"size": [height, width], "counts": merged["counts"].decode()}
-        objects.append(mask_object(rle, kind="polygon", label=key.split("\0")[0]))
+        raise ValueError(f"{path}: image {name!r}: {error}") from error
     return ImageLabels(
         file_name=name,
         image=_image_location(path, name),
         width=width,
         height=height,
-        objects=tuple(objects),
+        objects=tuple(_merged(members, height=height, width=width) for members in shapes),
     )
+
+
+def _shape(shape: ElementTree.Element, *, height: int, width: int) -> LabelObject | None:
+    label = shape.get("label", "object")
+    if shape.tag == "box":
+        xtl, ytl, xbr, ybr = (float(shape.get(k, "")) for k in ("xtl", "ytl", "xbr", "ybr"))
+        return box_object((xtl, ytl, xbr - xtl, ybr - ytl), label=label)
+    if shape.tag in ("polygon", "mask"):
+        rle = _shape_rle(shape, height=height, width=width)
+        return mask_object(rle, kind=_kind(shape.tag), label=label)
+    return None  # polylines, points, tags, ...
+
+
+def _merged(members: list[tuple[str, LabelObject]], *, height: int, width: int) -> LabelObject:
+    """The shapes of one group as one object: the union of its masks (its first box if it
+    has no mask)."""
+    rles = [item.rle for _, item in members if item.rle is not None]
+    if len(members) == 1 or not rles:
+        return members[0][1]
+    merged = mask_utils.merge([geometry.native(r) for r in rles])
+    rle = {"size": [height, width], "counts": merged["counts"].decode()}
+    kind: ObjectKind = "mask" if all(tag == "mask" for tag, _ in members) else "polygon"
+    return mask_object(rle, kind=kind, label=members[0][1].label)
 
 
 def _image_location(path: str, name: str) -> str:

@@ -21,7 +21,6 @@ from engine.dataset.formats.records import (
     ExportObject,
     ExportOptions,
     Format,
-    Geometry,
 )
 from engine.dataset.formats.streams import StreamedFile
 
@@ -106,7 +105,7 @@ def export_samples(
             disable=not progress,
         )
         for key, jpg, raw in bar:
-            image = export_image(key, raw, shape=shape, options=options, report=report)
+            image = export_image(key, raw, format=format, options=options, report=report)
             if copy_images:
                 (output / IMAGES_DIR / image.file_name).write_bytes(jpg)
             writer.add(image)
@@ -123,9 +122,10 @@ def export_samples(
 
 
 def export_image(
-    key: str, raw: bytes, *, shape: Geometry, options: ExportOptions, report: ExportReport
+    key: str, raw: bytes, *, format: Format, options: ExportOptions, report: ExportReport
 ) -> ExportImage:
-    """One SA-1B JSON as an ExportImage (polygons traced when `shape` asks for them)."""
+    """One SA-1B JSON as an ExportImage (polygons traced when the format writes them)."""
+    shape = format.geometry(options)
     try:
         record = json.loads(raw)
         block = record["image"]
@@ -140,7 +140,7 @@ def export_image(
             continue
         item = ExportObject(annotation=annotation)
         if shape != "rle":
-            item.polygons = _polygons(item.rle, shape=shape, options=options, report=report)
+            item.polygons = _polygons(item.rle, format=format, options=options, report=report)
         objects.append(item)
         report.masks += 1
     return ExportImage(
@@ -153,13 +153,18 @@ def export_image(
 
 
 def _polygons(
-    rle: geometry.CocoRle, *, shape: Geometry, options: ExportOptions, report: ExportReport
+    rle: geometry.CocoRle, *, format: Format, options: ExportOptions, report: ExportReport
 ) -> list[Any]:
-    parts = geometry.mask_polygons(geometry.decode(rle), tolerance=options.polygon_tolerance)
+    """The mask's polygons as `format` writes them; their IoU (filled as the format's
+    readers fill them) against the mask goes into the report."""
+    centres = format.pixel_centres
+    mask = geometry.decode(rle)
+    parts = geometry.mask_polygons(mask, tolerance=options.polygon_tolerance, centres=centres)
     joined = geometry.single_polygon(parts)
+    shape = format.geometry(options)
     polygons = parts if shape == "parts" or joined is None else [joined]
-    height, width = rle["size"]
-    drawn = geometry.polygons_to_rle(polygons, height=int(height), width=int(width))
+    height, width = mask.shape
+    drawn = geometry.rasterize(polygons, height=height, width=width, centres=centres)
     if report.fidelity is not None:
         report.fidelity.add(geometry.rle_iou(drawn, rle))
     return polygons

@@ -1,10 +1,14 @@
 """Masks and polygons for the label formats: COCO RLE in and out, masks traced into polygons
 that keep holes and several parts, polygons rasterized back, the IoU between the two.
 
-Coordinates are COCO's: x right, y down, in pixels, with pixel (row i, column j) covering
-[j, j + 1] x [i, i + 1]. A polygon is a K x 2 float array of XY vertices (a ring, not closed
-by repeating its first vertex). Rasterizing (pycocotools, as COCO's tools do) fills by the
-even-odd rule, so a hole joined to its outer ring by a zero-width cut stays a hole.
+A polygon is a K x 2 float array of XY vertices, x right and y down, in pixels (a ring, not
+closed by repeating its first vertex). Two conventions, after the rasterizer that reads it:
+- pixel corners (COCO, CVAT, Label Studio: pycocotools fills polygons): pixel (row i,
+  column j) covers [j, j + 1] x [i, i + 1], and a mask's polygon runs along its pixels' edges;
+- pixel centres (YOLO: its tools fill polygons with OpenCV's fillPoly, which fills the
+  polygon's own edges too): a mask's polygon runs through its boundary pixels' centres.
+Both fill by the even-odd rule, so a hole joined to its outer ring by a zero-width cut stays
+a hole; under OpenCV a cut between two parts also fills the pixels it runs over.
 """
 
 from __future__ import annotations
@@ -64,8 +68,21 @@ def native(rle: CocoRle) -> dict[str, Any]:
     }
 
 
+def rasterize(
+    polygons: list[np.ndarray], *, height: int, width: int, centres: bool = False
+) -> CocoRle:
+    """Polygons as their readers fill them: pixel corners by pycocotools, pixel centres by
+    OpenCV's fillPoly (all rings at once, even-odd)."""
+    if not centres:
+        return polygons_to_rle(polygons, height=height, width=width)
+    mask = np.zeros((height, width), np.uint8)
+    cv2.fillPoly(mask, [np.round(p).astype(np.int32) for p in polygons if len(p)], 1)
+    return encode(mask)
+
+
 def polygons_to_rle(polygons: list[np.ndarray], *, height: int, width: int) -> CocoRle:
-    """Polygons (each K x 2 XY, K >= 3) rasterized by pycocotools and merged (union)."""
+    """Polygons in pixel corners (each K x 2 XY, K >= 3) rasterized by pycocotools and
+    merged (union)."""
     rings = [p.reshape(-1).astype(float).tolist() for p in polygons if len(p) >= 3]
     if not rings:
         return encode(np.zeros((height, width), np.uint8))
@@ -81,20 +98,24 @@ def rle_iou(first: CocoRle, second: CocoRle) -> float:
     return float(mask_utils.iou([a], [b], [0])[0, 0])
 
 
-def mask_polygons(mask: np.ndarray, *, tolerance: float = 0.0) -> list[np.ndarray]:
+def mask_polygons(
+    mask: np.ndarray, *, tolerance: float = 0.0, centres: bool = False
+) -> list[np.ndarray]:
     """The polygons of a mask, one per 8-connected part, each hole joined to its part's
-    outer ring by a zero-width cut: rasterized, they give back the mask exactly when
-    tolerance is 0. tolerance: Douglas-Peucker simplification of each ring, in pixels."""
+    outer ring by a zero-width cut: rasterized (`rasterize`, same `centres`), they give
+    back the mask exactly when tolerance is 0. tolerance: Douglas-Peucker simplification
+    of each ring, in pixels; centres: pixel-centre coordinates (else pixel corners)."""
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         return []
     x0, y0 = int(xs.min()), int(ys.min())
     crop = np.ascontiguousarray(mask[y0 : ys.max() + 1, x0 : xs.max() + 1], dtype=np.uint8)
-    scaled = np.kron(crop, np.ones((UPSAMPLE, UPSAMPLE), np.uint8))
+    scale = 1 if centres else UPSAMPLE
+    scaled = np.kron(crop, np.ones((scale, scale), np.uint8))
     contours, hierarchy = cv2.findContours(scaled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return []
-    rings = [_pixel_edges(c, x0, y0, tolerance) for c in contours]
+    rings = [_ring(c, x0, y0, scale=scale, tolerance=tolerance) for c in contours]
     parents = hierarchy[0][:, 3]
     polygons = []
     for index in np.flatnonzero(parents < 0):
@@ -104,10 +125,14 @@ def mask_polygons(mask: np.ndarray, *, tolerance: float = 0.0) -> list[np.ndarra
     return polygons
 
 
-def _pixel_edges(contour: np.ndarray, x0: int, y0: int, tolerance: float) -> np.ndarray:
-    """A contour of the upsampled mask (boundary pixel centres) -> the ring along the
-    original pixels' edges (corner coordinates), duplicate vertices dropped."""
-    points = np.round((contour.reshape(-1, 2) + 0.5) / UPSAMPLE) + (x0, y0)
+def _ring(contour: np.ndarray, x0: int, y0: int, *, scale: int, tolerance: float) -> np.ndarray:
+    """A contour (boundary pixel centres) of the crop, upsampled by `scale` -> a ring in the
+    image: through the pixel centres (scale 1), or along the original pixels' edges
+    (scale 2: the upsampled centres rounded are the corners), duplicate vertices dropped."""
+    points = contour.reshape(-1, 2).astype(float)
+    if scale > 1:
+        points = np.round((points + 0.5) / scale)
+    points += (x0, y0)
     if tolerance > 0 and len(points) > 3:
         simplified = cv2.approxPolyDP(points.astype(np.float32).reshape(-1, 1, 2), tolerance, True)
         points = simplified.reshape(-1, 2).astype(float)

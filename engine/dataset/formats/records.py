@@ -115,13 +115,16 @@ class ImageLabels:
 class Format:
     """A registry entry. writer(output folder, options, num_images) -> FormatWriter;
     geometry(options): how it stores masks; reader(path) -> the images of a label file
-    or folder; claims(path): whether a path looks like this format's labels."""
+    or folder; claims(path): whether a path looks like this format's labels;
+    pixel_centres: its polygons are read as pixel centres (OpenCV), not corners
+    (`engine.dataset.formats.geometry`)."""
 
     name: str
     writer: Callable[[Path, ExportOptions, int], FormatWriter]
     geometry: Callable[[ExportOptions], Geometry]
     reader: Callable[[str], Iterator[ImageLabels]]
     claims: Callable[[str], bool]
+    pixel_centres: bool = False
 
 
 def mask_object(rle: CocoRle, *, kind: ObjectKind = "mask", label: str = "object") -> LabelObject:

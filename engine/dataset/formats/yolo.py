@@ -2,6 +2,8 @@
 `labels/<name>.txt`, one line per object, `<class> x1 y1 x2 y2 ...` with coordinates divided
 by the image's width and height, and `data.yaml` naming the one class. A line holds one
 polygon, so an object's parts and holes are joined into one ring by zero-width cuts.
+Coordinates are pixel centres, as YOLO's tools fill polygons (OpenCV): holes come back
+exactly, a cut between two parts fills the pixels it crosses (in the reported IoU).
 
 Read: a folder holding images/ and labels/ (or the labels beside the images); lines of
 class + 4 numbers are boxes (centre x, centre y, width, height), longer ones polygons.
@@ -148,7 +150,7 @@ def _object(
     if len(numbers) < 6 or len(numbers) % 2:
         raise ValueError(f"{where}: a polygon needs 3 or more x y pairs, got {len(numbers)} values")
     polygon = numbers.reshape(-1, 2) * scale
-    rle = geometry.polygons_to_rle([polygon], height=height, width=width)
+    rle = geometry.rasterize([polygon], height=height, width=width, centres=True)
     return mask_object(rle, kind="polygon", label=label)
 
 
@@ -165,4 +167,5 @@ FORMAT = Format(
     geometry=geometry_of,
     reader=read_yolo,
     claims=claims,
+    pixel_centres=True,
 )
