@@ -1,4 +1,5 @@
-"""Listing a job's input: directories, globs, list files and tar shards, local or fsspec URLs.
+"""Listing a job's input: directories, globs, list files, COCO JSON files and tar shards,
+local or fsspec URLs.
 
 Every input becomes an `ImageSource`: where its bytes are (a file, or a byte range inside a
 tar) and the `source` string that names it in the manifest. The listing is sorted, so image
@@ -8,6 +9,7 @@ ids, keys and shard assignment depend only on the input.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
 import tarfile
@@ -21,6 +23,7 @@ from fsspec.core import url_to_fs
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm")
 TAR_EXTENSIONS = (".tar",)
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
+COCO_EXTENSIONS = (".json",)  # a COCO file: the images its `images` entries name
 GLOB_CHARS = "*?["
 
 
@@ -110,6 +113,8 @@ def _expand_path(
         yield from _tar_members(fs, path, url)
     elif _has_ext(path, LIST_EXTENSIONS) and recurse:
         yield from _list_file(fs, path, options)
+    elif _has_ext(path, COCO_EXTENSIONS) and recurse:
+        yield from _coco_file(fs, path)
     elif _has_ext(path, IMAGE_EXTENSIONS) or recurse:
         yield ImageSource(source=url, url=url)
 
@@ -154,15 +159,41 @@ def _list_file(fs: Any, path: str, options: dict[str, Any]) -> Iterator[ImageSou
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
-            if "://" not in line and not posixpath.isabs(line):
-                line = posixpath.join(base, line)
-                if _protocol(fs) != "file":
-                    line = fs.unstrip_protocol(line)
+            line = _listed(fs, base, line)
             if _has_ext(line, IMAGE_EXTENSIONS):
                 # Read when decoded: a missing listed image becomes an error row.
                 yield ImageSource(source=line, url=line)
             else:
                 yield from _expand(line, options)
+
+
+def _listed(fs: Any, base: str, name: str) -> str:
+    """A name from a listing: an absolute path or URL as it is, else relative to `base`
+    (the listing's folder, on the listing's filesystem)."""
+    if "://" in name or posixpath.isabs(name):
+        return name
+    path = posixpath.join(base, name)
+    return fs.unstrip_protocol(path) if _protocol(fs) != "file" else path
+
+
+def _coco_file(fs: Any, path: str) -> Iterator[ImageSource]:
+    """The images a COCO JSON file lists (`file_name` relative to the file's folder, or
+    absolute, or a URL); each read when decoded, so a missing one becomes an error row."""
+    where = fs.unstrip_protocol(path) if _protocol(fs) != "file" else path
+    try:
+        with fs.open(path, "rt", encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InputError(f"input {where} is not JSON: {error}") from error
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("file_name"), str) for entry in images
+    ):
+        raise InputError(f"input {where} is not a COCO file (no images list with file_name)")
+    base = posixpath.dirname(path)
+    for entry in images:
+        url = _listed(fs, base, entry["file_name"])
+        yield ImageSource(source=url, url=url)
 
 
 def _tar_members(fs: Any, path: str, url: str) -> Iterator[ImageSource]:
