@@ -26,6 +26,7 @@ from engine.detection.data import (
 from engine.detection.embedding import in_process_embedder, ray_embedder
 from engine.detection.evaluate import evaluate_detector
 from engine.detection.launch import train_in_process, train_with_ray
+from engine.detection.registry import DETECTOR_FILE
 from engine.detection.trainer import (
     DetectorTrainConfig,
     TrainingInputs,
@@ -38,7 +39,6 @@ from engine.storage import Storage
 from stages.semi.detector import DetectorConfig
 from stages.semi.inference import DetectorMetadata, save_detector
 
-DETECTOR_FILE = "detector.pt"
 TRAIN_IMAGES = "train_images.parquet"
 EVAL_IMAGES = "eval_images.parquet"
 EVAL_METRICS = "eval_metrics.json"

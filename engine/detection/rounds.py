@@ -82,7 +82,7 @@ def run_detector_round(
         promoted=promoted,
         reason=reason + note,
     )
-    return registry.register(record, detector_file=output / DETECTOR_FILE, config_yaml=config_yaml)
+    return registry.register(record, artifact_file=output / DETECTOR_FILE, config_yaml=config_yaml)
 
 
 def _parent_metrics(

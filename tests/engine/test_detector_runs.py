@@ -39,7 +39,7 @@ from engine.detection.trainer import (
 )
 from engine.embeddings import EmbeddingStore
 from engine.models import load_model, weights_sha256
-from engine.training.registry import Registry
+from engine.registry import Registry
 from engine.training.synthetic import SceneOptions, write_synthetic_dataset
 from stages.semi import BoxDetector, DetectorConfig, load_detector
 from tests.engine.jobrun import run_saengine
