@@ -49,6 +49,13 @@ def resolve_checkpoint_reference(checkpoint: str) -> str:
     return resolve_registry_reference(checkpoint)
 
 
+def resolve_device(name: str) -> torch.device:
+    """The device a model runs on: 'auto' is CUDA when there is a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def weights_sha256(sam: torch.nn.Module) -> str:
     """SHA-256 over the state_dict (names, dtypes, shapes, values): the model's identity,
     whether it came from a file or from a seed."""

@@ -24,8 +24,9 @@ from engine.detection.job import (
 )
 from engine.detection.registry import DETECTOR_DIR, resolve_detector_reference
 from engine.detection.rounds import check_metric, run_detector_round
-from engine.detection.trainer import DetectorTrainConfig, resolve_device
+from engine.detection.trainer import DetectorTrainConfig
 from engine.errors import UsageError
+from engine.models import resolve_device
 from engine.training.commands import as_list
 from stages.semi.detector import DetectorConfig
 from stages.semi.inference import load_detector

@@ -25,16 +25,17 @@ from engine.detection.data import (
 )
 from engine.detection.embedding import in_process_embedder, ray_embedder
 from engine.detection.evaluate import evaluate_detector
-from engine.detection.launch import train_in_process, train_with_ray
 from engine.detection.registry import DETECTOR_FILE
 from engine.detection.trainer import (
     DetectorTrainConfig,
     TrainingInputs,
-    resolve_device,
     saved_state,
+    train_in_process,
+    train_with_ray,
     trained_detector,
 )
 from engine.embeddings import EmbeddingStore
+from engine.models import resolve_device, weights_sha256
 from engine.storage import Storage
 from stages.semi.detector import DetectorConfig
 from stages.semi.inference import DetectorMetadata, save_detector
@@ -101,8 +102,6 @@ class PreparedSam:
 
 def prepare_sam(model_config: dict[str, Any], embed: EmbedSettings) -> PreparedSam:
     from hydra.utils import instantiate
-
-    from engine.models import weights_sha256
 
     sam = instantiate(model_config)
     sha = weights_sha256(sam)

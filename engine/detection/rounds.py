@@ -23,7 +23,7 @@ from engine.detection.job import (
     run_detector_job,
 )
 from engine.detection.registry import DetectorRegistry, DetectorRoundRecord
-from engine.detection.trainer import resolve_device
+from engine.models import resolve_device
 from stages.semi.inference import DetectorMetadata, load_detector
 
 METRICS = ("ap", "ap50", "ap75", "ar", "recall_50")
