@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -144,9 +144,7 @@ def run_detector_job(job: DetectorJob, *, parent: str | None = None) -> Detector
     store = embedding_store(cache, sam.sha256)
     train_images = collect(job.train.data, sam, store, "embed training images")
     eval_images = collect(job.eval_data, sam, store, "embed held-out images")
-    detector_config = DetectorConfig(
-        **{**_plain(job.detector), "embed_dim": sam.embed_dim, "image_size": sam.image_size}
-    )
+    detector_config = replace(job.detector, embed_dim=sam.embed_dim, image_size=sam.image_size)
     sam_sha256 = sam.sha256
     del sam  # the SAM (and its in-process embedder) is not needed from here on
     inputs = TrainingInputs(
@@ -181,9 +179,3 @@ def run_detector_job(job: DetectorJob, *, parent: str | None = None) -> Detector
     )
     save_detector(output / DETECTOR_FILE, detector, metadata)
     return metadata
-
-
-def _plain(config: DetectorConfig) -> dict[str, Any]:
-    plain = asdict(config)
-    plain["scales"] = tuple(plain["scales"])
-    return plain
