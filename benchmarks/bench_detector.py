@@ -90,9 +90,11 @@ def bench_training(
         trainer.train_step()
     train_rate = steps * batch_size / (time.perf_counter() - start)
     start = time.perf_counter()
-    count = len(trainer.images)
+    count = len(trainer.task.images)
     for step in range(steps):
-        trainer.load_batch([i % count for i in range(step * batch_size, (step + 1) * batch_size)])
+        trainer.task.load_batch(
+            [i % count for i in range(step * batch_size, (step + 1) * batch_size)]
+        )
     read_rate = steps * batch_size / (time.perf_counter() - start)
     return train_rate, read_rate
 

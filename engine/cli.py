@@ -279,9 +279,9 @@ def _is_user_error(error: BaseException) -> bool:
     from engine.generation.job import JobError
     from engine.generation.lock import LockError
     from engine.images import ImageDecodeError
+    from engine.registry import RegistryError
     from engine.sources import InputError
     from engine.training.reader import TrainingDataError
-    from engine.training.registry import RegistryError
     from model.checkpoint import CheckpointError
 
     known: tuple[type[BaseException], ...] = (

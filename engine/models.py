@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from engine.registry import resolve_registry_reference
 from model import Sam, build_sam
 from model.testing import sharpen_decoder_
 
@@ -43,11 +44,16 @@ BUNDLED_CHECKPOINT = (
 def resolve_checkpoint_reference(checkpoint: str) -> str:
     """'bundled' -> the project's shipped small model; '<registry>/latest' or
     '<registry>/<round>' -> that round's model.pth; anything else unchanged."""
-    from engine.training.registry import resolve_registry_reference
-
     if checkpoint == "bundled":
         return str(BUNDLED_CHECKPOINT)
     return resolve_registry_reference(checkpoint)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a model runs on: 'auto' is CUDA when there is a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def weights_sha256(sam: torch.nn.Module) -> str:

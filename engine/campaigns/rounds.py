@@ -29,8 +29,8 @@ from engine.campaigns.queue import current_model
 from engine.campaigns.versions import model_config_row, publish_model
 from engine.cluster import ray_session
 from engine.models import resolve_checkpoint_reference
+from engine.registry import Registry
 from engine.training.commands import train_config
-from engine.training.registry import Registry
 from engine.training.rounds import EvalSettings, run_round
 
 

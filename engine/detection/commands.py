@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from engine.cluster import ray_session
-from engine.config import compose_config
+from engine.config import compose_config, dataclass_node, from_config, plain
 from engine.detection.job import (
     DETECTOR_FILE,
     DetectorJob,
@@ -24,9 +23,10 @@ from engine.detection.job import (
 )
 from engine.detection.registry import DETECTOR_DIR, resolve_detector_reference
 from engine.detection.rounds import check_metric, run_detector_round
-from engine.detection.trainer import DetectorTrainConfig, resolve_device
+from engine.detection.trainer import DetectorTrainConfig
 from engine.errors import UsageError
-from engine.training.commands import as_list
+from engine.models import resolve_device
+from engine.training.commands import as_list, settings_from_config
 from stages.semi.detector import DetectorConfig
 from stages.semi.inference import load_detector
 
@@ -38,22 +38,15 @@ SUBCOMMANDS = {
 ARCHITECTURE_FROM_SAM = ("embed_dim", "image_size")
 
 
-def _defaults(cls: type, skip: tuple[str, ...]) -> dict[str, Any]:
-    return {
-        f.name: (list(f.default) if isinstance(f.default, tuple) else f.default)
-        for f in fields(cls)
-        if f.name not in skip
-    }
-
-
 def register_config_nodes() -> None:
     """The settings nodes the detector configs compose, built from the dataclass defaults."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    settings = _defaults(DetectorTrainConfig, ("data", "output"))
-    store.store(name="detector_train_settings", node={"data": "???", "output": "???", **settings})
-    store.store(name="detector_architecture", node=_defaults(DetectorConfig, ARCHITECTURE_FROM_SAM))
+    settings = dataclass_node(DetectorTrainConfig, required=("data", "output"))
+    store.store(name="detector_train_settings", node=settings)
+    architecture = dataclass_node(DetectorConfig, skip=ARCHITECTURE_FROM_SAM)
+    store.store(name="detector_architecture", node=architecture)
 
 
 def detector_help(args: list[str]) -> str:
@@ -70,13 +63,12 @@ def detector_help(args: list[str]) -> str:
     extra = ""
     if sub in ("train", "round"):
         prefix = "train." if sub == "round" else ""
+        settings = dataclass_node(DetectorTrainConfig, skip=("data", "output"))
         extra = "\ntraining settings (defaults):\n" + "".join(
-            f"  {prefix}{f.name}={f.default}\n"
-            for f in fields(DetectorTrainConfig)
-            if f.name not in ("data", "output")
+            f"  {prefix}{k}={v}\n" for k, v in settings.items()
         )
         extra += "architecture (defaults; embed_dim and image_size come from the SAM):\n"
-        architecture = _defaults(DetectorConfig, ARCHITECTURE_FROM_SAM)
+        architecture = dataclass_node(DetectorConfig, skip=ARCHITECTURE_FROM_SAM)
         extra += "".join(f"  detector.{k}={v}\n" for k, v in architecture.items())
     return f"usage: saengine detector {sub} key=value ...\n\n{text}{extra}"
 
@@ -90,27 +82,18 @@ def run_detector_command(args: list[str]) -> None:
     {"train": run_train, "evaluate": run_evaluate, "round": run_round}[args[0]](cfg)
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 def train_config(node: Any) -> DetectorTrainConfig:
-    plain = dict(_plain(node))
-    plain["data"] = tuple(as_list(plain["data"]))
-    plain["decay_at"] = tuple(plain["decay_at"])
-    plain["output"] = str(plain["output"])
-    known = {f.name for f in fields(DetectorTrainConfig)}
-    return DetectorTrainConfig(**{k: v for k, v in plain.items() if k in known})
+    """The detector's training settings from a config node (`settings_from_config`)."""
+    return settings_from_config(DetectorTrainConfig, node)
 
 
 def detector_config(node: Any) -> DetectorConfig:
-    plain = dict(_plain(node))
-    plain["scales"] = tuple(float(s) for s in plain["scales"])
-    return DetectorConfig(**plain)
+    scales = tuple(float(s) for s in plain(node)["scales"])
+    return from_config(DetectorConfig, node, scales=scales)
 
 
 def embed_settings(node: Any) -> EmbedSettings:
-    return EmbedSettings(**_plain(node))
+    return from_config(EmbedSettings, node)
 
 
 def build_job(cfg: DictConfig, train_node: Any) -> DetectorJob:
@@ -118,7 +101,7 @@ def build_job(cfg: DictConfig, train_node: Any) -> DetectorJob:
         train=train_config(train_node),
         detector=detector_config(cfg.detector),
         eval_data=tuple(as_list(cfg.eval_data)),
-        model_config=_plain(cfg.model),
+        model_config=plain(cfg.model),
         target_precision=float(cfg.target_precision),
         embed=embed_settings(cfg.embed),
         workers=int(cfg.workers),
@@ -169,7 +152,7 @@ def default_cache(detector_file: str) -> str:
 def run_evaluate(cfg: DictConfig) -> None:
     path = resolve_detector_reference(str(cfg.checkpoint))
     detector, metadata = load_detector(path, device=resolve_device(str(cfg.device)))
-    model_config = _plain(cfg.model) if cfg.get("model") else metadata.sam_model
+    model_config = plain(cfg.model) if cfg.get("model") else metadata.sam_model
     if not model_config:
         raise ValueError(f"{path} does not record its SAM: give model=... (and model.checkpoint)")
     embed = embed_settings(cfg.embed)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +25,21 @@ from engine.detection.data import (
 )
 from engine.detection.embedding import in_process_embedder, ray_embedder
 from engine.detection.evaluate import evaluate_detector
-from engine.detection.launch import train_in_process, train_with_ray
+from engine.detection.registry import DETECTOR_FILE
 from engine.detection.trainer import (
     DetectorTrainConfig,
     TrainingInputs,
-    resolve_device,
     saved_state,
+    train_in_process,
+    train_with_ray,
     trained_detector,
 )
 from engine.embeddings import EmbeddingStore
+from engine.models import resolve_device, weights_sha256
 from engine.storage import Storage
 from stages.semi.detector import DetectorConfig
 from stages.semi.inference import DetectorMetadata, save_detector
 
-DETECTOR_FILE = "detector.pt"
 TRAIN_IMAGES = "train_images.parquet"
 EVAL_IMAGES = "eval_images.parquet"
 EVAL_METRICS = "eval_metrics.json"
@@ -102,8 +103,6 @@ class PreparedSam:
 def prepare_sam(model_config: dict[str, Any], embed: EmbedSettings) -> PreparedSam:
     from hydra.utils import instantiate
 
-    from engine.models import weights_sha256
-
     sam = instantiate(model_config)
     sha = weights_sha256(sam)
     embedder = (
@@ -145,9 +144,7 @@ def run_detector_job(job: DetectorJob, *, parent: str | None = None) -> Detector
     store = embedding_store(cache, sam.sha256)
     train_images = collect(job.train.data, sam, store, "embed training images")
     eval_images = collect(job.eval_data, sam, store, "embed held-out images")
-    detector_config = DetectorConfig(
-        **{**_plain(job.detector), "embed_dim": sam.embed_dim, "image_size": sam.image_size}
-    )
+    detector_config = replace(job.detector, embed_dim=sam.embed_dim, image_size=sam.image_size)
     sam_sha256 = sam.sha256
     del sam  # the SAM (and its in-process embedder) is not needed from here on
     inputs = TrainingInputs(
@@ -182,9 +179,3 @@ def run_detector_job(job: DetectorJob, *, parent: str | None = None) -> Detector
     )
     save_detector(output / DETECTOR_FILE, detector, metadata)
     return metadata
-
-
-def _plain(config: DetectorConfig) -> dict[str, Any]:
-    plain = asdict(config)
-    plain["scales"] = tuple(plain["scales"])
-    return plain

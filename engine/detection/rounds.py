@@ -23,7 +23,7 @@ from engine.detection.job import (
     run_detector_job,
 )
 from engine.detection.registry import DetectorRegistry, DetectorRoundRecord
-from engine.detection.trainer import resolve_device
+from engine.models import resolve_device
 from stages.semi.inference import DetectorMetadata, load_detector
 
 METRICS = ("ap", "ap50", "ap75", "ar", "recall_50")
@@ -82,7 +82,7 @@ def run_detector_round(
         promoted=promoted,
         reason=reason + note,
     )
-    return registry.register(record, detector_file=output / DETECTOR_FILE, config_yaml=config_yaml)
+    return registry.register(record, artifact_file=output / DETECTOR_FILE, config_yaml=config_yaml)
 
 
 def _parent_metrics(

@@ -3,35 +3,45 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from engine.cluster import ray_session
+from engine.config import from_config, plain
+from engine.models import resolve_checkpoint_reference
+from engine.training.loop import TrainSettings
 from engine.training.rounds import EvalSettings, evaluate_checkpoint, run_round
 from engine.training.trainer import StepResult, TrainConfig, train_in_process, train_with_ray
+
+S = TypeVar("S", bound=TrainSettings)
 
 
 def as_list(value: Any) -> list[str]:
     """A config value (a list or one item) as a list of strings."""
-    if isinstance(value, ListConfig):
-        value = OmegaConf.to_container(value, resolve=True)
+    value = plain(value)
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value]
     return [str(value)]
 
 
+def settings_from_config(cls: type[S], node: Any) -> S:
+    """A training run's settings (`cls`) from a config node that may hold other options
+    too (workers, ray, ...: left out); data: one dataset or a list."""
+    values = plain(node)
+    names = {field.name for field in dataclasses.fields(cls)}
+    known = {key: value for key, value in values.items() if key in names}
+    return from_config(
+        cls, known, data=tuple(as_list(values["data"])), output=str(values["output"])
+    )
+
+
 def train_config(node: Any) -> TrainConfig:
-    plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-    assert isinstance(plain, dict)
-    plain = dict(plain)
-    plain["data"] = tuple(as_list(plain["data"]))
-    plain["decay_at"] = tuple(plain["decay_at"])
-    plain["output"] = str(plain["output"])
-    known = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: v for k, v in plain.items() if k in known})
+    """SAM's training settings from a config node (`settings_from_config`)."""
+    return settings_from_config(TrainConfig, node)
 
 
 def _maybe_ray(cfg: DictConfig, workers: int) -> contextlib.AbstractContextManager[None]:
@@ -66,13 +76,7 @@ def run_train(cfg: DictConfig) -> None:
 
 
 def run_evaluate(cfg: DictConfig) -> None:
-    settings = EvalSettings(
-        max_images=int(cfg.max_images),
-        max_masks=int(cfg.max_masks),
-        points_per_side=int(cfg.points_per_side),
-    )
-    from engine.models import resolve_checkpoint_reference
-
+    settings = from_config(EvalSettings, cfg, ignore=("checkpoint", "model", "data", "output"))
     checkpoint = resolve_checkpoint_reference(str(cfg.checkpoint))
     metrics = evaluate_checkpoint(str(cfg.model), checkpoint, as_list(cfg.data), settings)
     print(format_metrics(metrics))
@@ -96,7 +100,7 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def run_round_command(cfg: DictConfig) -> None:
-    settings = EvalSettings(**OmegaConf.to_container(cfg.eval, resolve=True))  # type: ignore[arg-type]
+    settings = from_config(EvalSettings, cfg.eval)
     workers = int(cfg.workers)
     with _maybe_ray(cfg, workers):
         record = run_round(

@@ -9,14 +9,13 @@ and why it was or was not promoted.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from engine.registry import Registry, RoundRecord
 from engine.training.evaluate import EvalResult, evaluate
 from engine.training.reader import build_index
-from engine.training.registry import Registry, RoundRecord
 from engine.training.trainer import MODEL_FILE, TrainConfig, train_in_process, train_with_ray
 from model import build_sam
 from stages.automatic import GeneratorConfig
@@ -80,7 +79,7 @@ def run_round(
     parent = registry.latest()
     name = registry.next_round_name()
     start = str(registry.checkpoint(parent)) if parent else train.init_checkpoint
-    config = replace(train, init_checkpoint=start, output=str(Path(registry_root) / "work" / name))
+    config = replace(train, init_checkpoint=start, output=str(registry.work_dir(name)))
     if workers > 0:
         train_with_ray(config, workers=workers, use_gpu=use_gpu)
     else:
@@ -107,7 +106,7 @@ def run_round(
         promoted=promoted,
         reason=reason,
     )
-    record = registry.register(record, model_file=model_file, config_yaml=config_yaml)
+    record = registry.register(record, artifact_file=model_file, config_yaml=config_yaml)
     plot_rounds(registry)
     return record
 
@@ -150,5 +149,3 @@ def plot_rounds(registry: Registry) -> None:
     axis.legend(loc="lower right", fontsize=8)
     figure.savefig(registry.root / "metrics.png", dpi=100, bbox_inches="tight")
     plt.close(figure)
-    summary = [{"round": r.name, "promoted": r.promoted, "reason": r.reason} for r in records]
-    (registry.root / "rounds.json").write_text(json.dumps(summary, indent=2))

@@ -4,9 +4,10 @@ One step: a global batch of images (a slice of the seeded permutation, split acr
 workers), the image encoder once per image, then for up to `masks_per_image` masks per image
 the simulated annotation of `stages.assisted.prompts` (11 iterations by default), each
 iteration's loss (focal + dice 20:1, lowest-loss mask of 3 for a single point, IoU MSE)
-averaged. Gradients are all-reduced across workers (data parallel, gloo on CPU, NCCL on
-GPU). Every random choice is seeded by (seed, step, sample index), so 1 and N workers see
-the same prompts and a resumed run continues the same run.
+averaged. Every random choice is seeded by (seed, step, sample index), so 1 and N workers
+see the same prompts and a resumed run continues the same run. `SamTask` is this recipe;
+the loop around it (optimizer, schedule, all-reduce, metrics, checkpoints, resume, Ray
+Train) is `engine.training.loop`.
 
 Output folder: `checkpoints/last.pt` (training state, written atomically), `model.pth` (an
 official-format state_dict, loadable by build_sam and by the official package),
@@ -15,10 +16,6 @@ official-format state_dict, loadable by build_sam and by the official package),
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,76 +25,47 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.training.reader import (
-    IndexEntry,
-    build_index,
-    global_batch_indices,
-    load_sample,
-    worker_share,
+from engine.config import from_config
+from engine.models import resolve_checkpoint_reference
+from engine.training.loop import (
+    BatchShare,
+    TrainingLoop,
+    TrainSettings,
+    run_in_process,
+    run_on_ray,
 )
+from engine.training.reader import IndexEntry, build_index, load_sample
 from model import Sam, build_sam
+from model.checkpoint import save_atomic
 from model.losses import sam_loss
 from stages.assisted.prompts import error_points, iteration_schedule, noisy_boxes, uniform_points
 
-STATE_FILE = "checkpoints/last.pt"
 MODEL_FILE = "model.pth"
-METRICS_FILE = "metrics.jsonl"
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run. data: SA-1B-format datasets (folders or tars); init_checkpoint:
-    weights to start from (None: random init with `seed`); steps, batch_size (global images
-    per step), masks_per_image (the paper: up to 64 per GPU); lr, weight_decay, warmup_steps,
-    decay_at (fractions of steps where lr is multiplied by decay_factor), grad_clip;
-    freeze_image_encoder for decoder-only rounds; precision fp32 | bf16 (CUDA autocast)."""
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(TrainSettings):
+    """One SAM training run: the shared settings (`TrainSettings`: data, output, steps,
+    batch_size of global images per step, lr, schedule, ...; init_checkpoint: weights to
+    start from, a path, 'bundled' or a registry reference) and model (a `build_sam` name),
+    masks_per_image (the paper: up to 64 per GPU), num_iterations (of the simulated
+    annotation), freeze_image_encoder for decoder-only rounds, precision fp32 | bf16 (CUDA
+    autocast), min_mask_area (pixels at model input)."""
 
-    data: tuple[str, ...]
-    output: str
     model: str = "vit_mini"
-    init_checkpoint: str | None = None
-    steps: int = 200
-    batch_size: int = 4
     masks_per_image: int = 16
     num_iterations: int = 11
-    lr: float = 4e-4
-    weight_decay: float = 0.1
-    warmup_steps: int = 20
-    decay_at: tuple[float, ...] = (0.67, 0.89)
-    decay_factor: float = 0.1
-    grad_clip: float = 1.0
     freeze_image_encoder: bool = False
     precision: str = "fp32"
-    seed: int = 0
-    checkpoint_every: int = 50
-    log_every: int = 10
     min_mask_area: int = 8
-    device: str = "auto"
 
     def __post_init__(self) -> None:
-        if not self.data:
-            raise ValueError("train.data must name at least one dataset")
-        for name in ("steps", "batch_size", "masks_per_image", "num_iterations"):
+        super().__post_init__()
+        for name in ("masks_per_image", "num_iterations"):
             if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"train.precision must be fp32 or bf16, got {self.precision!r}")
-        if any(not 0 < f <= 1 for f in self.decay_at):
-            raise ValueError(f"train.decay_at must be fractions in (0, 1], got {self.decay_at}")
-
-    def identity(self) -> dict[str, Any]:
-        """What a resumed run must share with the run it continues."""
-        skip = {"checkpoint_every", "log_every", "device"}
-        return {k: v for k, v in asdict(self).items() if k not in skip}
-
-
-def learning_rate_factor(step: int, config: TrainConfig) -> float:
-    """Linear warmup, then step decay at the `decay_at` fractions of the run."""
-    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-    drops = sum(step >= math.ceil(f * config.steps) for f in config.decay_at)
-    return warm * config.decay_factor**drops
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
 
 
 def sample_rng(config: TrainConfig, step: int, index: int) -> np.random.Generator:
@@ -200,101 +168,76 @@ class StepResult:
     samples: int = 0
     extra: dict[str, float] = field(default_factory=dict)
 
+    def postfix(self) -> dict[str, str]:
+        return {"loss": f"{self.loss:.3f}", "iou": f"{self.first_iou:.3f}"}
 
-class Trainer:
-    """The training loop of one worker (rank of world_size)."""
 
-    def __init__(self, config: TrainConfig, *, rank: int = 0, world_size: int = 1) -> None:
-        self.config, self.rank, self.world_size = config, rank, world_size
-        device = config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        torch.manual_seed(config.seed)
-        from engine.models import resolve_checkpoint_reference
+class SamTask:
+    """SAM's interactive recipe as a training task (`engine.training.loop.TrainingTask`):
+    the model built from config (random init, or init_checkpoint), the index of its data."""
 
+    name = "train"
+    module_key = "model"
+    identity_key = "config"
+    config_file = "config.json"
+    record_type = StepResult
+
+    def __init__(self, config: TrainConfig, device: torch.device) -> None:
+        self.config, self.device = config, device
         start = config.init_checkpoint
         start = resolve_checkpoint_reference(start) if start else None
-        self.sam = build_sam(config.model, checkpoint=start).to(self.device)
+        self.sam = build_sam(config.model, checkpoint=start).to(device)
         self.sam.train()
         if config.freeze_image_encoder:
             self.sam.image_encoder.requires_grad_(False)
-        self.params = [p for p in self.sam.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=config.lr, weight_decay=config.weight_decay
-        )
         self.index: list[IndexEntry] = build_index(config.data)
-        self.output = Path(config.output)
-        self.step = 0
-        self._resume()
 
-    def _resume(self) -> None:
-        path = self.output / STATE_FILE
-        if not path.exists():
-            return
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        if state["config"] != self.config.identity():
-            raise ValueError(
-                f"{self.output} holds a training run with another config; use another output"
-            )
-        self.sam.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.sam
 
-    def run(self, report: Callable[[StepResult], None] | None = None) -> list[StepResult]:
-        """Train until config.steps (continuing a saved run); rank 0 appends each step to
-        metrics.jsonl and saves every checkpoint_every steps and at the end."""
-        results = []
-        if self.rank == 0:
-            self.output.mkdir(parents=True, exist_ok=True)
-            (self.output / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
-        while self.step < self.config.steps:
-            result = self.train_step()
-            results.append(result)
-            if self.rank == 0:
-                with open(self.output / METRICS_FILE, "a") as handle:
-                    handle.write(json.dumps(asdict(result)) + "\n")
-            if report is not None:
-                report(result)
-            if self.rank == 0 and (
-                self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps
-            ):
-                self.save()
-        return results
+    def num_examples(self) -> int:
+        return len(self.index)
 
-    def train_step(self) -> StepResult:
-        config, start = self.config, time.perf_counter()
-        lr = config.lr * learning_rate_factor(self.step, config)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        indices = global_batch_indices(
-            len(self.index), seed=config.seed, step=self.step, batch_size=config.batch_size
-        )
-        mine = worker_share(indices, self.rank, self.world_size)
-        self.optimizer.zero_grad(set_to_none=False)
-        loss_sum, iou_sum, used = 0.0, 0.0, 0
+    def identity(self) -> dict[str, Any]:
+        return self.config.identity()
+
+    def config_record(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    def save_artifacts(self, output: Path) -> None:
+        """The official-format model, atomically."""
+        weights = {k: v.detach().cpu() for k, v in self.sam.state_dict().items()}
+        save_atomic(weights, output / MODEL_FILE)
+
+    def loss(self, share: BatchShare) -> tuple[torch.Tensor, dict[str, Any]]:
+        """This worker's images: each one's mean interactive loss, summed and divided by
+        the global batch size; logged: the mean loss and first-prompt IoU of the images of
+        the whole batch that have masks."""
+        config, step = self.config, share.step
         samples = [
             load_sample(
                 self.index[i],
                 image_size=self.sam.img_size,
                 max_masks=config.masks_per_image,
                 min_mask_area=config.min_mask_area,
-                rng=sample_rng(config, self.step, i),
+                rng=sample_rng(config, step, i),
             )
-            for i in mine
+            for i in share.mine
         ]
         images = torch.stack(
             [self.sam.preprocess(s.image.to(self.device)[None])[0] for s in samples]
         )
+        loss_sum, iou_sum, used = 0.0, 0.0, 0
         with self._autocast():
             embeddings = self.sam.image_encoder(images)
             # Zero times the embeddings: a graph to backpropagate even when no image of this
             # share has a mask (every worker must take part in the gradient all-reduce).
             total = embeddings.sum() * 0.0
-            for position, (index, sample) in enumerate(zip(mine, samples)):
+            for position, (index, sample) in enumerate(zip(share.mine, samples)):
                 if not len(sample.masks):
                     continue
-                rng = sample_rng(config, self.step, index + 1_000_000_007)
+                rng = sample_rng(config, step, index + 1_000_000_007)
                 loss, stats = interactive_loss(
                     self.sam,
                     embeddings[position : position + 1],
@@ -307,101 +250,39 @@ class Trainer:
                 loss_sum += float(loss.detach())
                 iou_sum += stats["first_iou"]
                 used += 1
-        # Each worker's share of the global mean; all-reduce sums the shares.
-        (total / config.batch_size).backward()
-        self._all_reduce_gradients()
-        torch.nn.utils.clip_grad_norm_(self.params, config.grad_clip)
-        self.optimizer.step()
-        self.step += 1
-        sums = self._all_reduce_values([loss_sum, iou_sum, float(used)])
+        sums = share.all_reduce([loss_sum, iou_sum, float(used)])
         count = max(sums[2], 1.0)
-        return StepResult(
-            step=self.step,
-            loss=sums[0] / count,
-            first_iou=sums[1] / count,
-            lr=lr,
-            seconds=time.perf_counter() - start,
-            samples=len(indices),
-        )
+        values = {"loss": sums[0] / count, "first_iou": sums[1] / count}
+        # Each worker's share of the global mean; all-reducing the gradients sums the shares.
+        return total / config.batch_size, {**values, "samples": len(share.indices)}
 
     def _autocast(self) -> Any:
         if self.config.precision == "bf16" and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return torch.autocast(self.device.type, enabled=False)
 
-    def _all_reduce_gradients(self) -> None:
-        if self.world_size == 1:
-            return
-        import torch.distributed as dist
 
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = torch.cat([g.flatten() for g in grads])
-        dist.all_reduce(flat)
-        offset = 0
-        for param, grad in zip(self.params, grads):
-            param.grad = flat[offset : offset + grad.numel()].view_as(grad).clone()
-            offset += grad.numel()
+class Trainer(TrainingLoop[StepResult]):
+    """SAM's training loop of one worker (rank of world_size)."""
 
-    def _all_reduce_values(self, values: list[float]) -> list[float]:
-        if self.world_size == 1:
-            return values
-        import torch.distributed as dist
+    task: SamTask
 
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return tensor.tolist()
+    def __init__(self, config: TrainConfig, *, rank: int = 0, world_size: int = 1) -> None:
+        def build(device: torch.device) -> SamTask:
+            return SamTask(config, device)
 
-    def save(self) -> None:
-        """Training state (for resume) and the official-format model, both atomically."""
-        state = {
-            "model": self.sam.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "config": self.config.identity(),
-        }
-        _atomic_torch_save(state, self.output / STATE_FILE)
-        weights = {k: v.detach().cpu() for k, v in self.sam.state_dict().items()}
-        _atomic_torch_save(weights, self.output / MODEL_FILE)
+        super().__init__(config, build, rank=rank, world_size=world_size)
 
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    with open(temporary, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def read_metrics(output: str | Path) -> list[dict[str, Any]]:
-    """The steps recorded in a run's metrics.jsonl (the last record of each step)."""
-    path = Path(output) / METRICS_FILE
-    if not path.exists():
-        return []
-    by_step = {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        by_step[record["step"]] = record
-    return [by_step[step] for step in sorted(by_step)]
+    @property
+    def sam(self) -> Sam:
+        return self.task.sam
 
 
 def train_in_process(
     config: TrainConfig, report: Callable[[StepResult], None] | None = None
 ) -> list[StepResult]:
     """Train in this process with a progress bar (steps/s, loss, first-prompt IoU)."""
-    from tqdm import tqdm
-
-    trainer = Trainer(config)
-    with tqdm(total=config.steps, initial=trainer.step, unit="step", desc="train") as bar:
-
-        def on_step(result: StepResult) -> None:
-            bar.set_postfix(loss=f"{result.loss:.3f}", iou=f"{result.first_iou:.3f}")
-            bar.update(1)
-            if report is not None:
-                report(result)
-
-        return trainer.run(on_step)
+    return run_in_process(Trainer(config), report)
 
 
 def train_with_ray(
@@ -409,35 +290,13 @@ def train_with_ray(
 ) -> list[dict[str, Any]]:
     """The same loop on `workers` Ray Train workers (TorchTrainer: gloo on CPU, NCCL on GPU),
     on the Ray that is initialized (or a local one). Returns the recorded steps."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    output = Path(config.output).resolve()
-    trainer = TorchTrainer(
-        _ray_train_loop,
-        train_loop_config=asdict(config),
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-        run_config=RunConfig(storage_path=str(output / "ray"), name="train"),
+    plain = {"config": asdict(config)}
+    output, name = config.output, SamTask.name
+    return run_on_ray(
+        _worker_trainer, plain, output=output, name=name, workers=workers, use_gpu=use_gpu
     )
-    trainer.fit()
-    return read_metrics(output)
 
 
-def _ray_train_loop(config_dict: dict[str, Any]) -> None:
-    import ray.train
-
-    context = ray.train.get_context()
-    config = TrainConfig(
-        **{
-            **config_dict,
-            "data": tuple(config_dict["data"]),
-            "decay_at": tuple(config_dict["decay_at"]),
-        }
-    )
-    trainer = Trainer(config, rank=context.get_world_rank(), world_size=context.get_world_size())
-
-    def report(result: StepResult) -> None:
-        if result.step % config.log_every == 0 or result.step == config.steps:
-            ray.train.report({"step": result.step, "loss": result.loss})
-
-    trainer.run(report)
+def _worker_trainer(plain: dict[str, Any], *, rank: int, world_size: int) -> Trainer:
+    config = from_config(TrainConfig, plain["config"])
+    return Trainer(config, rank=rank, world_size=world_size)

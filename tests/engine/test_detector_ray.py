@@ -12,11 +12,11 @@ import torch
 
 from engine.detection.data import collect_images, write_images
 from engine.detection.embedding import in_process_embedder, ray_embedder
-from engine.detection.launch import train_with_ray
-from engine.detection.trainer import STATE_FILE, DetectorTrainConfig, TrainingInputs
+from engine.detection.trainer import DetectorTrainConfig, TrainingInputs, train_with_ray
 from engine.embeddings import EmbeddingStore
 from engine.models import load_model, weights_sha256
 from engine.storage import Storage
+from engine.training.loop import STATE_FILE
 from engine.training.synthetic import SceneOptions, write_synthetic_dataset
 from stages.semi import BoxDetector, DetectorConfig
 

@@ -30,16 +30,16 @@ from engine.detection.job import (
 from engine.detection.registry import DetectorRegistry, resolve_detector_reference
 from engine.detection.rounds import run_detector_round
 from engine.detection.trainer import (
-    STATE_FILE,
     DetectorStep,
     DetectorTrainConfig,
     DetectorTrainer,
     TrainingInputs,
-    read_steps,
 )
 from engine.embeddings import EmbeddingStore
 from engine.models import load_model, weights_sha256
-from engine.training.registry import Registry
+from engine.registry import Registry
+from engine.training.loop import STATE_FILE
+from engine.training.loop import read_metrics as read_steps
 from engine.training.synthetic import SceneOptions, write_synthetic_dataset
 from stages.semi import BoxDetector, DetectorConfig, load_detector
 from tests.engine.jobrun import run_saengine

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from engine.models import load_model
+from engine.registry import Registry
 from engine.training.evaluate import evaluate
-from engine.training.registry import Registry
 from engine.training.rounds import EvalSettings, run_round
 from engine.training.synthetic import SceneOptions, write_synthetic_dataset
 from engine.training.trainer import MODEL_FILE, StepResult, TrainConfig, Trainer, train_with_ray

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from engine.training.loop import learning_rate_factor
 from engine.training.reader import build_index, global_batch_indices, load_sample, worker_share
 from engine.training.synthetic import SceneOptions, make_scene, write_synthetic_dataset
-from engine.training.trainer import TrainConfig, learning_rate_factor
+from engine.training.trainer import TrainConfig
 from model.losses import dice_loss, focal_loss, mask_iou, sam_loss
 from stages.assisted.prompts import error_points, iteration_schedule, noisy_boxes, uniform_points
 
