@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine
-from engine.training.reader import build_index, load_sample
+from engine.dataset.reader import build_index
+from engine.training.reader import load_sample
 from engine.training.synthetic import write_synthetic_dataset
 from engine.training.trainer import TrainConfig, Trainer
 

@@ -32,10 +32,6 @@ LAYERS: list[tuple[str, ...]] = [
         "engine.workers",
     ),
     ("engine.generation", "engine.training"),
-    # `saengine export` reads SA-1B data that has no manifest through the training reader's
-    # index (engine.training.reader.build_index): above it until that index moves into
-    # engine.dataset, when this line goes.
-    ("engine.dataset.formats.command",),
     ("engine.detection",),
     ("engine.campaigns",),
     ("engine.cli",),

@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 from engine.dataset import read_manifest
+from engine.dataset.reader import IndexEntry, build_index
 from engine.storage import Storage
-from engine.training.reader import IndexEntry, build_index
 from stages.automatic.rle import coco_decode
 
 

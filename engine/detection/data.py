@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from engine.dataset.reader import DatasetError, IndexEntry, build_index
 from engine.embeddings import EmbeddingStore
-from engine.training.reader import IndexEntry, TrainingDataError, build_index
 from stages.semi.targets import boxes_from_segmentations
 
 
@@ -70,7 +70,7 @@ def read_detection_image(entry: IndexEntry) -> tuple[DetectionImage, bytes]:
         size = Image.open(io.BytesIO(data)).size[::-1]
     for segmentation in segmentations:
         if tuple(segmentation["size"]) != size:
-            raise TrainingDataError(
+            raise DatasetError(
                 f"{entry.annotations.source}: a mask of size {segmentation['size']} on an "
                 f"image of size {list(size)}"
             )
@@ -91,7 +91,7 @@ def decode_rgb(pending: PendingEmbedding) -> np.ndarray:
     """The stored pixels (H x W x 3 uint8), checked against the annotations' size."""
     rgb = np.asarray(Image.open(io.BytesIO(pending.data)).convert("RGB"))
     if rgb.shape[:2] != tuple(pending.original_size):
-        raise TrainingDataError(
+        raise DatasetError(
             f"image {pending.digest[:12]} decodes to {rgb.shape[1]}x{rgb.shape[0]} but its "
             f"annotations are for {pending.original_size[1]}x{pending.original_size[0]}"
         )

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.training.reader import IndexEntry, build_index, load_sample
+from engine.dataset.reader import IndexEntry, build_index
+from engine.training.reader import load_sample
 from model import Sam
 from stages.assisted.prompts import centre_point, largest_error_click, mask_iou
 from stages.automatic import AutomaticMaskGenerator, GeneratorConfig

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,22 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import webdataset
-from fsspec.core import url_to_fs
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from engine.sources import ImageSource
-
-
-class TrainingDataError(ValueError):
-    """A training dataset that cannot be read."""
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    key: str
-    image: ImageSource
-    annotations: ImageSource
+from engine.dataset.reader import DatasetError, IndexEntry
 
 
 @dataclass
@@ -54,63 +41,6 @@ class TrainingSample:
     image: torch.Tensor
     masks: torch.Tensor
     key: str
-
-
-def build_index(paths: Iterable[str]) -> list[IndexEntry]:
-    """Every image of the given datasets (folders or tar files), sorted by (dataset, key)."""
-    entries: list[IndexEntry] = []
-    for path in paths:
-        found = _index_one(str(path))
-        if not found:
-            raise TrainingDataError(f"no SA-1B images (jpg + json pairs) in {path}")
-        entries += sorted(found, key=lambda e: e.key)
-    return entries
-
-
-def _index_one(path: str) -> list[IndexEntry]:
-    fs, root = url_to_fs(path)
-    if root.endswith(".tar"):
-        return _index_tar(fs, root)
-    if not fs.isdir(root):
-        raise TrainingDataError(f"training data not found: {path}")
-    names = sorted(fs.find(root))
-    entries: list[IndexEntry] = []
-    for name in names:
-        if name.endswith(".tar") and "/." not in name:
-            entries += _index_tar(fs, name)
-    jsons = {n[:-5] for n in names if n.endswith(".json") and "/sa_" in n}
-    for stem in sorted(jsons):
-        if stem + ".jpg" in names:
-            key = stem.rsplit("/", 1)[-1]
-            entries.append(
-                IndexEntry(
-                    key,
-                    ImageSource(stem + ".jpg", stem + ".jpg"),
-                    ImageSource(stem + ".json", stem + ".json"),
-                )
-            )
-    return entries
-
-
-def _index_tar(fs: Any, path: str) -> list[IndexEntry]:
-    members: dict[str, dict[str, tarfile.TarInfo]] = {}
-    with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
-        for member in tar.getmembers():
-            key, _, extension = member.name.rpartition(".")
-            if member.isfile() and extension in ("jpg", "json"):
-                members.setdefault(key, {})[extension] = member
-    entries = []
-    for key, pair in members.items():
-        if len(pair) == 2:
-            image, ann = pair["jpg"], pair["json"]
-            entries.append(
-                IndexEntry(
-                    key=key.rsplit("/", 1)[-1],
-                    image=ImageSource(f"{path}#{image.name}", path, image.offset_data, image.size),
-                    annotations=ImageSource(f"{path}#{ann.name}", path, ann.offset_data, ann.size),
-                )
-            )
-    return entries
 
 
 def epoch_order(num_samples: int, *, seed: int, epoch: int) -> np.ndarray:
@@ -204,25 +134,6 @@ class RawSample:
     json: bytes
 
 
-def shard_urls(paths: Iterable[str]) -> list[str]:
-    """The tar shards of the given datasets (tar files, or folders holding them), sorted
-    within each dataset."""
-    urls: list[str] = []
-    for path in paths:
-        fs, root = url_to_fs(str(path))
-        if root.endswith(".tar"):
-            urls.append(str(path))
-            continue
-        if not fs.isdir(root):
-            raise TrainingDataError(f"training data not found: {path}")
-        found = sorted(n for n in fs.find(root) if n.endswith(".tar") and "/." not in n)
-        if not found:
-            raise TrainingDataError(f"no tar shards in {path}")
-        local = fs.protocol in ("file", ("file", "local"))
-        urls += [name if local else fs.unstrip_protocol(name) for name in found]
-    return urls
-
-
 def stream_samples(
     urls: list[str],
     *,
@@ -241,7 +152,7 @@ def stream_samples(
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     if len(urls) < world_size:
-        raise TrainingDataError(
+        raise DatasetError(
             f"{len(urls)} shard(s) for {world_size} ranks: each rank needs at least one"
         )
     order = [urls[i] for i in epoch_order(len(urls), seed=seed, epoch=epoch)]
@@ -264,5 +175,5 @@ def _split_by_rank(urls: Iterable[Any], *, rank: int, world_size: int) -> Iterat
 def _raw_sample(sample: dict[str, Any]) -> RawSample:
     key = str(sample["__key__"]).rsplit("/", 1)[-1]
     if "jpg" not in sample or "json" not in sample:
-        raise TrainingDataError(f"{sample.get('__url__', '?')}: {key} lacks its jpg or json")
+        raise DatasetError(f"{sample.get('__url__', '?')}: {key} lacks its jpg or json")
     return RawSample(key=key, jpg=sample["jpg"], json=sample["json"])

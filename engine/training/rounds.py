@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from engine.dataset.reader import build_index
 from engine.registry import Registry, RoundRecord
 from engine.training.evaluate import EvalResult, evaluate
-from engine.training.reader import build_index
 from engine.training.trainer import MODEL_FILE, TrainConfig, train_in_process, train_with_ray
 from model import build_sam
 from stages.automatic import GeneratorConfig

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import from_config
+from engine.dataset.reader import IndexEntry, build_index
 from engine.models import resolve_checkpoint_reference
 from engine.training.loop import (
     BatchShare,
@@ -34,7 +35,7 @@ from engine.training.loop import (
     run_in_process,
     run_on_ray,
 )
-from engine.training.reader import IndexEntry, build_index, load_sample
+from engine.training.reader import load_sample
 from model import Sam, build_sam
 from model.checkpoint import save_atomic
 from model.losses import sam_loss

@@ -12,14 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.training.reader import (
-    TrainingDataError,
-    build_index,
-    decode_sample,
-    load_sample,
-    shard_urls,
-    stream_samples,
-)
+from engine.dataset.reader import DatasetError, build_index, shard_urls
+from engine.training.reader import decode_sample, load_sample, stream_samples
 from engine.training.synthetic import (
     SceneOptions,
     make_scene,
@@ -86,7 +80,7 @@ def test_a_stream_resumes_where_it_stopped(shards: list[str]) -> None:
 
 
 def test_too_few_shards_for_the_ranks(shards: list[str]) -> None:
-    with pytest.raises(TrainingDataError, match="8 shard"):
+    with pytest.raises(DatasetError, match="8 shard"):
         stream_samples(shards, seed=0, epoch=0, rank=0, world_size=9)
 
 

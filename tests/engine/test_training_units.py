@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from engine.dataset.reader import build_index
 from engine.training.loop import learning_rate_factor
-from engine.training.reader import build_index, global_batch_indices, load_sample, worker_share
+from engine.training.reader import global_batch_indices, load_sample, worker_share
 from engine.training.synthetic import SceneOptions, make_scene, write_synthetic_dataset
 from engine.training.trainer import TrainConfig
 from model.losses import dice_loss, focal_loss, mask_iou, sam_loss

@@ -4,7 +4,7 @@ dataset in another tool's format, streamed.
 The dataset is a saengine output (generation job, campaign export, synthetic scenes: its
 committed shards, read in order) or SA-1B data from elsewhere, without a manifest: a
 folder of `sa_*.tar` shards, one tar, or `sa_*.jpg` + `sa_*.json` files, found by the
-training reader's index (`engine.training.reader.build_index`).
+dataset index (`engine.dataset.reader.build_index`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from engine.dataset.formats import get_format
 from engine.dataset.formats.export import export_samples
 from engine.dataset.formats.records import ExportOptions
 from engine.dataset.layout import STATUS_OK, committed_shards, read_manifest
-from engine.dataset.reader import iter_records
+from engine.dataset.reader import DatasetError, build_index, iter_records
 from engine.errors import UsageError, first_line
 from engine.storage import Storage
-from engine.training.reader import TrainingDataError, build_index
 
 Sample = tuple[str, bytes, bytes]
 
@@ -73,7 +72,7 @@ def open_dataset(path: str, storage_options: dict[str, object]) -> tuple[int, It
         return sum(s == STATUS_OK for s in manifest["status"]), iter_records(storage)
     try:
         entries = build_index([path])
-    except (TrainingDataError, OSError) as error:
+    except (DatasetError, OSError) as error:
         raise UsageError(f"not an SA-1B dataset: {first_line(error)}") from error
     samples = ((e.key, e.image.read_bytes(), e.annotations.read_bytes()) for e in entries)
     return len(entries), samples
