@@ -13,21 +13,30 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from enum import Enum
 from pathlib import Path
+
+from engine.campaigns.state import EventKind, ImageStatus, MaskOrigin, MaskState, Role, RoundStatus
 
 DB_FILE = "campaign.db"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
+VERSION_KEY = "schema_version"
 
-SCHEMA = """
+
+def _one_of(names: type[Enum]) -> str:
+    return " | ".join(str(member.value) for member in names)
+
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 CREATE TABLE IF NOT EXISTS images (
     image_id INTEGER PRIMARY KEY,
     key TEXT NOT NULL UNIQUE,
     source TEXT NOT NULL,
-    stage INTEGER NOT NULL DEFAULT 1,
-    status TEXT NOT NULL,            -- planned | queued | leased | done | error
+    stage INTEGER NOT NULL DEFAULT 1,  -- engine.campaigns.state.Stage: 1 assisted, 2 semi
+    status TEXT NOT NULL,            -- {_one_of(ImageStatus)}
     error TEXT NOT NULL DEFAULT '',
     width INTEGER NOT NULL DEFAULT 0,
     height INTEGER NOT NULL DEFAULT 0,
@@ -44,7 +53,7 @@ CREATE INDEX IF NOT EXISTS images_queue ON images (status, image_id);
 CREATE TABLE IF NOT EXISTS annotators (
     annotator_id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
-    role TEXT NOT NULL,              -- annotator | admin
+    role TEXT NOT NULL,              -- {_one_of(Role)}
     token_sha256 TEXT NOT NULL UNIQUE,
     created REAL NOT NULL
 );
@@ -71,14 +80,14 @@ CREATE TABLE IF NOT EXISTS masks (
     image_id INTEGER NOT NULL,
     annotator_id INTEGER,
     client_id TEXT,
-    origin TEXT NOT NULL,            -- manual | prefilled
-    state TEXT NOT NULL,             -- accepted | deleted (manual); proposed | kept | rejected
+    origin TEXT NOT NULL,            -- {_one_of(MaskOrigin)}
+    state TEXT NOT NULL,             -- {_one_of(MaskState)}
     counts TEXT NOT NULL,            -- COCO compressed RLE at the stored image size
     height INTEGER NOT NULL,
     width INTEGER NOT NULL,
     bbox TEXT NOT NULL,              -- [x, y, w, h], SA-1B semantics
     area INTEGER NOT NULL,
-    prompts TEXT NOT NULL,           -- {"points": [[x, y, label], ...], "box": [x0, y0, x1, y1]}
+    prompts TEXT NOT NULL,           -- {{"points": [[x, y, label], ...], "box": [x0, y0, x1, y1]}}
     clicks INTEGER NOT NULL DEFAULT 0,
     brush_strokes INTEGER NOT NULL DEFAULT 0,
     seconds REAL NOT NULL DEFAULT 0,
@@ -95,14 +104,13 @@ CREATE INDEX IF NOT EXISTS masks_image ON masks (image_id);
 
 CREATE TABLE IF NOT EXISTS events (
     event_id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,              -- skip_object | skip_image | finish_image | lease
-                                     -- | lease_expired | delete_mask | reject_prefilled
+    kind TEXT NOT NULL,              -- {_one_of(EventKind)}
     image_id INTEGER,
     annotator_id INTEGER,
     client_id TEXT,
     seconds REAL,
     clicks INTEGER,
-    detail TEXT NOT NULL DEFAULT '{}',
+    detail TEXT NOT NULL DEFAULT '{{}}',
     created REAL NOT NULL,
     UNIQUE (annotator_id, client_id)
 );
@@ -111,12 +119,12 @@ CREATE INDEX IF NOT EXISTS events_image ON events (image_id, kind);
 CREATE TABLE IF NOT EXISTS rounds (
     round_id INTEGER PRIMARY KEY,
     name TEXT,
-    status TEXT NOT NULL,            -- running | done | failed
+    status TEXT NOT NULL,            -- {_one_of(RoundStatus)}
     mask_cutoff INTEGER NOT NULL,    -- masks with mask_id <= cutoff were exported for it
     started REAL NOT NULL,
     finished REAL,
     promoted INTEGER,
-    detail TEXT NOT NULL DEFAULT '{}'
+    detail TEXT NOT NULL DEFAULT '{{}}'
 );
 """
 
@@ -146,10 +154,8 @@ class Database:
     def create_schema(self) -> None:
         self.connection().executescript(SCHEMA)
         with self.write() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+            if read_meta(db, VERSION_KEY) is None:
+                write_meta(db, VERSION_KEY, str(SCHEMA_VERSION))
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -177,6 +183,23 @@ class Database:
         if connection is not None:
             connection.close()
             self._local.connection = None
+
+
+def read_meta(db: sqlite3.Connection, key: str) -> str | None:
+    """A value of the meta table (None when unset, or when there is no meta table)."""
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    except sqlite3.OperationalError:  # no meta table: not a campaign database
+        return None
+    return None if row is None else str(row["value"])
+
+
+def write_meta(db: sqlite3.Connection, key: str, value: str) -> None:
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
 
 
 def now() -> float:
