@@ -53,7 +53,7 @@ class QueueSettings:
 
 
 class Campaign:
-    """Opens an existing campaign folder."""
+    """Opens an existing campaign folder (its database upgraded to the current schema)."""
 
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
@@ -66,6 +66,7 @@ class Campaign:
         assert isinstance(loaded, DictConfig)
         self.config: DictConfig = loaded
         self.db = Database(self.dir / DB_FILE)
+        self.db.upgrade()
         self.storage = data_storage(self.dir, loaded)
         self.queue = QueueSettings(**plain(loaded.queue))
 

@@ -4,6 +4,11 @@ Every write is one short `BEGIN IMMEDIATE` transaction (the writer lock is taken
 so two writers never deadlock upgrading a read), committed with synchronous=FULL: once a
 call returns, its rows survive a kill -9 of the process or a power cut. Each thread gets its
 own connection (the server answers requests on a thread pool).
+
+Schema versions: `SCHEMA` is version 1; each of `MIGRATIONS` brings the database to the
+next version. A new database runs both (so it is the same as an upgraded one); opening an
+older one applies the missing migrations in order, one transaction each, recording each
+version in the meta table; a database from a newer release is refused.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from engine.campaigns.errors import CampaignError
 from engine.campaigns.state import EventKind, ImageStatus, MaskOrigin, MaskState, Role, RoundStatus
 
 DB_FILE = "campaign.db"
-SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
 VERSION_KEY = "schema_version"
 
@@ -129,6 +135,27 @@ CREATE TABLE IF NOT EXISTS rounds (
 """
 
 
+@dataclass(frozen=True)
+class Migration:
+    """What brings a database of version `version - 1` to `version`."""
+
+    version: int
+    summary: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS = (
+    Migration(
+        2,
+        "the images waiting for their prefill found by index (queue.WAITING: asked by the "
+        "server's supervisor every 2 s, the prefill job and empty lease answers), not by "
+        "walking every queued image",
+        ("CREATE INDEX IF NOT EXISTS images_waiting ON images (status, stage, prefill_model)",),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
 class Database:
     """The campaign's SQLite file; `read()` and `write()` give a connection in a
     transaction (write: BEGIN IMMEDIATE ... COMMIT, rolled back on error)."""
@@ -152,10 +179,52 @@ class Database:
         return connection
 
     def create_schema(self) -> None:
-        self.connection().executescript(SCHEMA)
+        """A new database at the current version (one transaction)."""
         with self.write() as db:
+            for statement in _statements(SCHEMA):
+                db.execute(statement)
+            for migration in MIGRATIONS:
+                for statement in migration.statements:
+                    db.execute(statement)
             if read_meta(db, VERSION_KEY) is None:
                 write_meta(db, VERSION_KEY, str(SCHEMA_VERSION))
+
+    def upgrade(self) -> None:
+        """Bring the database to SCHEMA_VERSION: the migrations it lacks, in order, one
+        transaction each. CampaignError for a database of a newer release or without a
+        version."""
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise CampaignError(
+                f"{self.path} was made by a newer release of saengine (schema version "
+                f"{version}; this one knows versions up to {SCHEMA_VERSION}): upgrade saengine"
+            )
+        for migration in MIGRATIONS:
+            if migration.version > version:
+                self._apply(migration)
+
+    def schema_version(self) -> int:
+        """The version the meta table records; CampaignError when there is none."""
+        try:
+            with self.read() as db:
+                value = read_meta(db, VERSION_KEY)
+        except sqlite3.DatabaseError as error:
+            raise CampaignError(f"{self.path} is not a campaign database ({error})") from error
+        if value is None or not value.isdigit():
+            raise CampaignError(
+                f"{self.path} has no schema version: not a database made by "
+                "saengine campaign create"
+            )
+        return int(value)
+
+    def _apply(self, migration: Migration) -> None:
+        with self.write() as db:
+            stored = read_meta(db, VERSION_KEY)
+            if stored is not None and int(stored) >= migration.version:
+                return  # another process applied it meanwhile
+            for statement in migration.statements:
+                db.execute(statement)
+            write_meta(db, VERSION_KEY, str(migration.version))
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -200,6 +269,18 @@ def write_meta(db: sqlite3.Connection, key: str, value: str) -> None:
         "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
+
+
+def _statements(script: str) -> list[str]:
+    """A script's statements, each run with `execute` (`executescript` would commit the
+    transaction it runs in)."""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    return statements
 
 
 def now() -> float:
