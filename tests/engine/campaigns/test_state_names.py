@@ -32,29 +32,29 @@ def _sql_texts(path: Path) -> list[str]:
     return [t for t in texts if isinstance(t, str) and SQL.search(t)]
 
 
+def _spelled(texts: dict[str, list[str]], literal: str, values: set[str], stage: str) -> list[str]:
+    """Where a text holds one of `values` as a quoted `literal` or compares a stage with a
+    number: "file: [what]" for each offending text."""
+    found = []
+    for name, parts in texts.items():
+        for text in parts:
+            hits = sorted(set(re.findall(literal, text)) & values) + re.findall(stage, text)
+            if hits:
+                found.append(f"{name}: {hits}")
+    return found
+
+
 def test_no_sql_text_spells_a_state() -> None:
     modules = sorted(PACKAGE.rglob("*.py"))
     assert len(modules) > 20
-    found = []
-    for path in modules:
-        for text in _sql_texts(path):
-            quoted = set(re.findall(r"'([a-z_]+)'", text)) & STATE_VALUES
-            stages = re.findall(r"stage\s*=\s*\d", text)
-            if quoted or stages:
-                found.append(f"{path.relative_to(PACKAGE)}: {sorted(quoted) + stages}")
-    assert not found
+    texts = {str(path.relative_to(PACKAGE)): _sql_texts(path) for path in modules}
+    assert not _spelled(texts, r"'([a-z_]+)'", STATE_VALUES, r"stage\s*=\s*\d")
 
 
 def test_the_page_uses_the_served_names() -> None:
     literals = {str(m.value) for m in (*MaskOrigin, *MaskState)}
-    found = []
-    for path in sorted((STATIC_DIR / "js").glob("*.js")):
-        text = path.read_text()
-        spelled = set(re.findall(r"[\"'`]([a-z_]+)[\"'`]", text)) & literals
-        stages = re.findall(r"stage\s*[!=]==?\s*\d", text)
-        if spelled or stages:
-            found.append(f"{path.name}: {sorted(spelled) + stages}")
-    assert not found
+    texts = {path.name: [path.read_text()] for path in (STATIC_DIR / "js").glob("*.js")}
+    assert not _spelled(texts, r"[\"'`]([a-z_]+)[\"'`]", literals, r"stage\s*[!=]==?\s*\d")
 
 
 def test_served_names_and_stage_names() -> None:
