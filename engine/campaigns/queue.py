@@ -248,14 +248,12 @@ def pending_images(
     )
     skip = failed or set()
     with campaign.db.read() as db:
-        leased, queued = (
-            [
-                r
-                for r in db.execute(missing, _names(status=s, model=model_sha256))
-                if r[0] not in skip
-            ]
-            for s in (ImageStatus.LEASED, ImageStatus.QUEUED)
-        )
+
+        def lacking(status: ImageStatus) -> list[Any]:
+            rows = db.execute(missing, _names(status=status, model=model_sha256))
+            return [row for row in rows if row["image_id"] not in skip]
+
+        leased, queued = lacking(ImageStatus.LEASED), lacking(ImageStatus.QUEUED)
         if ahead is not None:
             ready = db.execute(
                 "SELECT COUNT(*) FROM embeddings e JOIN images i ON i.image_id = e.image_id "
