@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from engine.campaigns.campaign import Campaign, CampaignError
 from engine.campaigns.db import now
 from engine.campaigns.errors import Unauthorized
+from engine.campaigns.state import Role
 
-ANNOTATOR, ADMIN = "annotator", "admin"
+ANNOTATOR, ADMIN = Role.ANNOTATOR, Role.ADMIN  # the names callers import from here
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
 
@@ -25,21 +26,21 @@ class Annotator:
 
     @property
     def is_admin(self) -> bool:
-        return self.role == ADMIN
+        return self.role == Role.ADMIN
 
 
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def add_annotator(campaign: Campaign, name: str, *, role: str = ANNOTATOR) -> str:
+def add_annotator(campaign: Campaign, name: str, *, role: str = Role.ANNOTATOR) -> str:
     """Register an annotator (or admin); returns their token, which is not stored."""
     if not NAME_PATTERN.match(name):
         raise CampaignError(
             f"annotator name {name!r}: use 1-64 letters, digits, '_', '.', '@' or '-'"
         )
-    if role not in (ANNOTATOR, ADMIN):
-        raise CampaignError(f"role must be {ANNOTATOR} or {ADMIN}, got {role!r}")
+    if role not in tuple(Role):
+        raise CampaignError(f"role must be {' or '.join(Role)}, got {role!r}")
     token = secrets.token_urlsafe(32)
     try:
         with campaign.db.write() as db:
@@ -67,3 +68,8 @@ def authenticate(campaign: Campaign, authorization: str | None) -> Annotator:
     if row is None:
         raise Unauthorized("unknown token")
     return Annotator(annotator_id=row["annotator_id"], name=row["name"], role=row["role"])
+
+
+def count_annotators(db: sqlite3.Connection, role: Role) -> int:
+    row = db.execute("SELECT COUNT(*) FROM annotators WHERE role = ?", (role,)).fetchone()
+    return int(row[0])

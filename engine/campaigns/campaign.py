@@ -25,17 +25,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from engine.campaigns.db import DB_FILE, Database
+from engine.campaigns.db import DB_FILE, Database, read_meta, write_meta
+from engine.campaigns.errors import CampaignError
+from engine.campaigns.state import Stage, stage_named
+from engine.config import plain
 from engine.embeddings import MODEL_DIR_CHARS, EmbeddingStore
 from engine.storage import Storage
 
 CONFIG_FILE = "campaign.yaml"
 RUNS_DIR = "runs"
-STAGES = {"manual": 1, "semi": 2}
-
-
-class CampaignError(ValueError):
-    """A campaign that cannot do what was asked (one-line message for the user)."""
+DETECTOR_META = "detector"
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class QueueSettings:
 
 
 class Campaign:
-    """Opens an existing campaign folder."""
+    """Opens an existing campaign folder (its database upgraded to the current schema)."""
 
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
@@ -67,12 +66,14 @@ class Campaign:
         assert isinstance(loaded, DictConfig)
         self.config: DictConfig = loaded
         self.db = Database(self.dir / DB_FILE)
+        self.db.upgrade()
         self.storage = data_storage(self.dir, loaded)
-        self.queue = QueueSettings(**_plain(loaded.queue))
+        self.queue = QueueSettings(**plain(loaded.queue))
 
     @property
-    def stage(self) -> int:
-        return STAGES[str(self.config.stage)]
+    def stage(self) -> Stage:
+        """The stage the campaign was created in (its new images' stage)."""
+        return stage_named(str(self.config.stage))
 
     def image_path(self, key: str) -> str:
         return f"images/{key}.jpg"
@@ -108,13 +109,21 @@ def exclusive(campaign: Campaign, job: str) -> Iterator[None]:
 
 def data_storage(directory: Path, config: DictConfig) -> Storage:
     data = config.get("data")
-    options = _plain(config.get("storage_options") or {})
+    options: dict[str, Any] = plain(config.get("storage_options") or {})
     return Storage(str(data) if data else str(directory.resolve()), options)
 
 
-def _plain(node: Any) -> dict[str, Any]:
-    if isinstance(node, DictConfig):
-        plain = OmegaConf.to_container(node, resolve=True)
-        assert isinstance(plain, dict)
-        return {str(k): v for k, v in plain.items()}
-    return dict(node)
+def campaign_detector(campaign: Campaign) -> str | None:
+    """The campaign's detector reference: set by `set-stage` or a detector round (the
+    database), else the config's prefill.detector."""
+    with campaign.db.read() as db:
+        stored = read_meta(db, DETECTOR_META)
+    if stored is not None:
+        return stored
+    configured = campaign.config.get("prefill", {}).get("detector")
+    return str(configured) if configured else None
+
+
+def set_campaign_detector(campaign: Campaign, reference: str) -> None:
+    with campaign.db.write() as db:
+        write_meta(db, DETECTOR_META, reference)

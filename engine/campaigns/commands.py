@@ -12,7 +12,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from engine.campaigns.campaign import STAGES, Campaign, CampaignError
+from engine.campaigns.campaign import Campaign, CampaignError
+from engine.campaigns.state import Role, stage_named
+from engine.config import plain
 
 USAGE = """usage: saengine campaign <command> <dir> [key=value ...]
 
@@ -97,28 +99,26 @@ def _status(cfg: DictConfig) -> None:
 
 
 def status_text(campaign: Campaign) -> str:
-    from engine.campaigns.queue import current_model
+    from engine.campaigns.auth import count_annotators
+    from engine.campaigns.masks import state_counts
+    from engine.campaigns.queue import error_images, status_counts
+    from engine.campaigns.rounds import round_counts
     from engine.campaigns.serve import server_url
+    from engine.campaigns.versions import count_embeddings, current_model, versions
 
     with campaign.db.read() as db:
-        images = dict(db.execute("SELECT status, COUNT(*) FROM images GROUP BY status").fetchall())
+        images = status_counts(db)
         model = current_model(db)
-        versions = db.execute("SELECT COUNT(*) FROM models").fetchone()[0]
-        embedded = db.execute(
-            "SELECT COUNT(*) FROM embeddings WHERE model_sha256 = ?", (model,)
-        ).fetchone()[0]
-        masks = dict(db.execute("SELECT origin || ' ' || state, COUNT(*) FROM masks GROUP BY 1"))
-        people = db.execute("SELECT COUNT(*) FROM annotators WHERE role = 'annotator'").fetchone()[
-            0
-        ]
-        rounds = dict(db.execute("SELECT status, COUNT(*) FROM rounds GROUP BY status").fetchall())
-        errors = db.execute(
-            "SELECT key, source, error FROM images WHERE status = 'error' LIMIT 5"
-        ).fetchall()
+        version = len(versions(db)) - 1
+        embedded = count_embeddings(db, model)
+        masks = state_counts(db)
+        people = count_annotators(db, Role.ANNOTATOR)
+        rounds = round_counts(db)
+        errors = error_images(db, limit=5)
     lines = [
         f"campaign: {campaign.dir} (stage {campaign.stage}, data at {campaign.storage.url()})",
         f"images: {sum(images.values())} ({_counts(images)})",
-        f"model: version {versions - 1}, {str(model)[:12]}; embeddings ready for {embedded} images",
+        f"model: version {version}, {str(model)[:12]}; embeddings ready for {embedded} images",
         f"masks: {_counts(masks) or 'none yet'}",
         f"annotators: {people}; rounds: {rounds or 'none yet'}",
         f"server: {server_url(campaign) or 'not running'}",
@@ -192,30 +192,25 @@ def _prefill(cfg: DictConfig) -> None:
 
 
 def _set_stage(cfg: DictConfig) -> None:
-    from engine.campaigns.prefill import (
-        campaign_detector,
-        prefill_settings,
-        set_campaign_detector,
-    )
-    from engine.campaigns.queue import QUEUED
+    from engine.campaigns.campaign import campaign_detector, set_campaign_detector
+    from engine.campaigns.prefill import prefill_settings
+    from engine.campaigns.queue import move_to_stage
+    from engine.campaigns.state import Stage
 
     campaign = Campaign(str(cfg.dir))
-    stage = str(cfg.stage)
-    if stage not in STAGES:
-        raise CampaignError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
-    if stage == "semi":
+    try:
+        stage = stage_named(str(cfg.stage))
+    except ValueError as error:
+        raise CampaignError(str(error)) from error
+    if stage == Stage.SEMI:
         detector = None if cfg.detector is None else str(cfg.detector)
         prefill_settings(campaign, detector)  # the detector must exist and load
         if detector is not None:
             set_campaign_detector(campaign, detector)
-    with campaign.db.write() as db:
-        moved = db.execute(
-            "UPDATE images SET stage = ? WHERE status = ? AND prefill_model IS NULL",
-            (STAGES[stage], QUEUED),
-        ).rowcount
+    moved = move_to_stage(campaign, stage)
     print(
-        f"{moved} images not yet annotated are now stage {STAGES[stage]} ({stage})"
-        + (f"; detector {campaign_detector(campaign)}" if stage == "semi" else "")
+        f"{moved} images not yet annotated are now stage {stage} ({stage.config_name})"
+        + (f"; detector {campaign_detector(campaign)}" if stage == Stage.SEMI else "")
     )
 
 
@@ -253,8 +248,8 @@ def _simulate(cfg: DictConfig) -> None:
     from stages.assisted.annotator import AnnotatorPolicy
 
     campaign = Campaign(str(cfg.dir))
-    policy = AnnotatorPolicy(**_plain(cfg.annotator))
-    truth = _plain(cfg.truth)
+    policy = AnnotatorPolicy(**plain(cfg.annotator))
+    truth = plain(cfg.truth)
     truth = [str(t) for t in truth] if isinstance(truth, list) else [str(truth)]
     with _server(campaign, cfg.server) as url:
         reports = simulate(
@@ -311,7 +306,7 @@ def _export(cfg: DictConfig) -> None:
         campaign,
         str(cfg.output),
         images_per_shard=int(cfg.images_per_shard),
-        storage_options=_plain(cfg.storage_options),
+        storage_options=plain(cfg.storage_options),
         force=bool(cfg.force),
     )
     print(
@@ -332,10 +327,6 @@ def _stats(cfg: DictConfig) -> None:
         print(format_stats(stats))
     path = plot_stats(stats, Path(str(cfg.plot)) if cfg.plot else campaign.dir / "stats.png")
     print(f"plot: {path}")
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 COMMANDS: dict[str, Callable[[DictConfig], None]] = {

@@ -4,6 +4,11 @@ Every write is one short `BEGIN IMMEDIATE` transaction (the writer lock is taken
 so two writers never deadlock upgrading a read), committed with synchronous=FULL: once a
 call returns, its rows survive a kill -9 of the process or a power cut. Each thread gets its
 own connection (the server answers requests on a thread pool).
+
+Schema versions: `SCHEMA` is version 1; each of `MIGRATIONS` brings the database to the
+next version. A new database runs both (so it is the same as an upgraded one); opening an
+older one applies the missing migrations in order, one transaction each, recording each
+version in the meta table; a database from a newer release is refused.
 """
 
 from __future__ import annotations
@@ -13,21 +18,31 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
-DB_FILE = "campaign.db"
-SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 30_000
+from engine.campaigns.errors import CampaignError
+from engine.campaigns.state import EventKind, ImageStatus, MaskOrigin, MaskState, Role, RoundStatus
 
-SCHEMA = """
+DB_FILE = "campaign.db"
+BUSY_TIMEOUT_MS = 30_000
+VERSION_KEY = "schema_version"
+
+
+def _one_of(names: type[Enum]) -> str:
+    return " | ".join(str(member.value) for member in names)
+
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 CREATE TABLE IF NOT EXISTS images (
     image_id INTEGER PRIMARY KEY,
     key TEXT NOT NULL UNIQUE,
     source TEXT NOT NULL,
-    stage INTEGER NOT NULL DEFAULT 1,
-    status TEXT NOT NULL,            -- planned | queued | leased | done | error
+    stage INTEGER NOT NULL DEFAULT 1,  -- engine.campaigns.state.Stage: 1 assisted, 2 semi
+    status TEXT NOT NULL,            -- {_one_of(ImageStatus)}
     error TEXT NOT NULL DEFAULT '',
     width INTEGER NOT NULL DEFAULT 0,
     height INTEGER NOT NULL DEFAULT 0,
@@ -44,7 +59,7 @@ CREATE INDEX IF NOT EXISTS images_queue ON images (status, image_id);
 CREATE TABLE IF NOT EXISTS annotators (
     annotator_id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
-    role TEXT NOT NULL,              -- annotator | admin
+    role TEXT NOT NULL,              -- {_one_of(Role)}
     token_sha256 TEXT NOT NULL UNIQUE,
     created REAL NOT NULL
 );
@@ -71,14 +86,14 @@ CREATE TABLE IF NOT EXISTS masks (
     image_id INTEGER NOT NULL,
     annotator_id INTEGER,
     client_id TEXT,
-    origin TEXT NOT NULL,            -- manual | prefilled
-    state TEXT NOT NULL,             -- accepted | deleted (manual); proposed | kept | rejected
+    origin TEXT NOT NULL,            -- {_one_of(MaskOrigin)}
+    state TEXT NOT NULL,             -- {_one_of(MaskState)}
     counts TEXT NOT NULL,            -- COCO compressed RLE at the stored image size
     height INTEGER NOT NULL,
     width INTEGER NOT NULL,
     bbox TEXT NOT NULL,              -- [x, y, w, h], SA-1B semantics
     area INTEGER NOT NULL,
-    prompts TEXT NOT NULL,           -- {"points": [[x, y, label], ...], "box": [x0, y0, x1, y1]}
+    prompts TEXT NOT NULL,           -- {{"points": [[x, y, label], ...], "box": [x0, y0, x1, y1]}}
     clicks INTEGER NOT NULL DEFAULT 0,
     brush_strokes INTEGER NOT NULL DEFAULT 0,
     seconds REAL NOT NULL DEFAULT 0,
@@ -95,14 +110,13 @@ CREATE INDEX IF NOT EXISTS masks_image ON masks (image_id);
 
 CREATE TABLE IF NOT EXISTS events (
     event_id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,              -- skip_object | skip_image | finish_image | lease
-                                     -- | lease_expired | delete_mask | reject_prefilled
+    kind TEXT NOT NULL,              -- {_one_of(EventKind)}
     image_id INTEGER,
     annotator_id INTEGER,
     client_id TEXT,
     seconds REAL,
     clicks INTEGER,
-    detail TEXT NOT NULL DEFAULT '{}',
+    detail TEXT NOT NULL DEFAULT '{{}}',
     created REAL NOT NULL,
     UNIQUE (annotator_id, client_id)
 );
@@ -111,14 +125,35 @@ CREATE INDEX IF NOT EXISTS events_image ON events (image_id, kind);
 CREATE TABLE IF NOT EXISTS rounds (
     round_id INTEGER PRIMARY KEY,
     name TEXT,
-    status TEXT NOT NULL,            -- running | done | failed
+    status TEXT NOT NULL,            -- {_one_of(RoundStatus)}
     mask_cutoff INTEGER NOT NULL,    -- masks with mask_id <= cutoff were exported for it
     started REAL NOT NULL,
     finished REAL,
     promoted INTEGER,
-    detail TEXT NOT NULL DEFAULT '{}'
+    detail TEXT NOT NULL DEFAULT '{{}}'
 );
 """
+
+
+@dataclass(frozen=True)
+class Migration:
+    """What brings a database of version `version - 1` to `version`."""
+
+    version: int
+    summary: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS = (
+    Migration(
+        2,
+        "the images waiting for their prefill found by index (queue.WAITING: asked by the "
+        "server's supervisor every 2 s, the prefill job and empty lease answers), not by "
+        "walking every queued image",
+        ("CREATE INDEX IF NOT EXISTS images_waiting ON images (status, stage, prefill_model)",),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
 class Database:
@@ -144,12 +179,52 @@ class Database:
         return connection
 
     def create_schema(self) -> None:
-        self.connection().executescript(SCHEMA)
+        """A new database at the current version (one transaction)."""
         with self.write() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
+            for statement in _statements(SCHEMA):
+                db.execute(statement)
+            for migration in MIGRATIONS:
+                for statement in migration.statements:
+                    db.execute(statement)
+            if read_meta(db, VERSION_KEY) is None:
+                write_meta(db, VERSION_KEY, str(SCHEMA_VERSION))
+
+    def upgrade(self) -> None:
+        """Bring the database to SCHEMA_VERSION: the migrations it lacks, in order, one
+        transaction each. CampaignError for a database of a newer release or without a
+        version."""
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise CampaignError(
+                f"{self.path} was made by a newer release of saengine (schema version "
+                f"{version}; this one knows versions up to {SCHEMA_VERSION}): upgrade saengine"
             )
+        for migration in MIGRATIONS:
+            if migration.version > version:
+                self._apply(migration)
+
+    def schema_version(self) -> int:
+        """The version the meta table records; CampaignError when there is none."""
+        try:
+            with self.read() as db:
+                value = read_meta(db, VERSION_KEY)
+        except sqlite3.DatabaseError as error:
+            raise CampaignError(f"{self.path} is not a campaign database ({error})") from error
+        if value is None or not value.isdigit():
+            raise CampaignError(
+                f"{self.path} has no schema version: not a database made by "
+                "saengine campaign create"
+            )
+        return int(value)
+
+    def _apply(self, migration: Migration) -> None:
+        with self.write() as db:
+            stored = read_meta(db, VERSION_KEY)
+            if stored is not None and int(stored) >= migration.version:
+                return  # another process applied it meanwhile
+            for statement in migration.statements:
+                db.execute(statement)
+            write_meta(db, VERSION_KEY, str(migration.version))
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -177,6 +252,35 @@ class Database:
         if connection is not None:
             connection.close()
             self._local.connection = None
+
+
+def read_meta(db: sqlite3.Connection, key: str) -> str | None:
+    """A value of the meta table (None when unset, or when there is no meta table)."""
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    except sqlite3.OperationalError:  # no meta table: not a campaign database
+        return None
+    return None if row is None else str(row["value"])
+
+
+def write_meta(db: sqlite3.Connection, key: str, value: str) -> None:
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def _statements(script: str) -> list[str]:
+    """A script's statements, each run with `execute` (`executescript` would commit the
+    transaction it runs in)."""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    return statements
 
 
 def now() -> float:

@@ -22,9 +22,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from engine.campaigns.campaign import Campaign, CampaignError, exclusive
-from engine.campaigns.db import now
-from engine.campaigns.queue import LEASED, QUEUED, current_model
-from engine.campaigns.versions import model_config_row
+from engine.campaigns.queue import pending_images
+from engine.campaigns.versions import current_model, model_config_row, record_embedding
 from engine.cluster import ray_session
 from engine.embeddings import Embedding, EmbeddingStore
 from engine.images import ImageOptions
@@ -39,32 +38,6 @@ class EmbedReport:
     embedded: int = 0
     failed: int = 0
     models: int = 0
-
-
-def pending_images(
-    campaign: Campaign, model_sha256: str, ahead: int | None, failed: set[int] | None = None
-) -> list[Any]:
-    """Images to embed now for the model: leased ones first, then queued ones in order,
-    keeping at most `ahead` queued images embedded (None: all of them). Images in `failed`
-    (whose embedding failed in this job) are left out."""
-    with campaign.db.read() as db:
-        missing = (  # stage-2 images get their first embedding from the prefill job
-            "SELECT i.image_id, i.key, i.status FROM images i WHERE i.status = ? "
-            "AND (i.stage = 1 OR i.prefill_model IS NOT NULL) AND NOT EXISTS "
-            "(SELECT 1 FROM embeddings e WHERE e.image_id = i.image_id AND e.model_sha256 = ?) "
-            "ORDER BY i.image_id"
-        )
-        skip = failed or set()
-        leased = [r for r in db.execute(missing, (LEASED, model_sha256)) if r[0] not in skip]
-        queued = [r for r in db.execute(missing, (QUEUED, model_sha256)) if r[0] not in skip]
-        if ahead is not None:
-            ready = db.execute(
-                "SELECT COUNT(*) FROM images i JOIN embeddings e ON e.image_id = i.image_id "
-                "WHERE i.status = ? AND e.model_sha256 = ?",
-                (QUEUED, model_sha256),
-            ).fetchone()[0]
-            queued = queued[: max(0, ahead - ready)]
-    return [*leased, *queued]
 
 
 def store_embedding(
@@ -118,21 +91,6 @@ class EmbedJob:
 
         for worker in self.workers:
             ray.kill(worker)
-
-
-def record_embedding(
-    campaign: Campaign, model_sha256: str, image_id: int, result: tuple[int, int] | str
-) -> bool:
-    """The commit marker of one embedding (False: it failed, nothing recorded)."""
-    if isinstance(result, str):
-        return False
-    with campaign.db.write() as db:
-        db.execute(
-            "INSERT OR IGNORE INTO embeddings (image_id, model_sha256, input_h, input_w, created) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (image_id, model_sha256, int(result[0]), int(result[1]), now()),
-        )
-    return True
 
 
 def run_embed(

@@ -1,6 +1,11 @@
-"""Errors of campaign requests, each with the HTTP status the API answers with."""
+"""Errors of campaigns: `CampaignError` for what a command cannot do, and the errors of
+requests, each with the HTTP status the API answers with."""
 
 from __future__ import annotations
+
+
+class CampaignError(ValueError):
+    """A campaign that cannot do what was asked (one-line message for the user)."""
 
 
 class RequestError(Exception):

@@ -1,5 +1,5 @@
 """Events: what happened besides accepted masks (leases, expiries, skipped objects and
-images, finished images, deleted masks, rejected prefilled masks)."""
+images, finished images, deleted masks, rejected prefilled masks; `state.EventKind`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import sqlite3
 from typing import Any
 
 from engine.campaigns.db import now
+from engine.campaigns.state import EventKind
 
 
 def record_event(
     db: sqlite3.Connection,
-    kind: str,
+    kind: EventKind,
     *,
     image_id: int | None = None,
     annotator_id: int | None = None,
@@ -27,3 +28,35 @@ def record_event(
         (kind, image_id, annotator_id, client_id, seconds, clicks, json.dumps(detail or {}), now()),
     )
     return int(cursor.lastrowid or 0)
+
+
+def event_by_client(
+    db: sqlite3.Connection, annotator_id: int, client_id: str, kind: EventKind | None = None
+) -> sqlite3.Row | None:
+    """The event an annotator's request with this client id recorded (of `kind`, if given)."""
+    query = "SELECT * FROM events WHERE annotator_id = ? AND client_id = ?"
+    params: tuple[Any, ...] = (annotator_id, client_id)
+    if kind is not None:
+        query, params = f"{query} AND kind = ?", (*params, kind)
+    row: sqlite3.Row | None = db.execute(query, params).fetchone()
+    return row
+
+
+def image_skippers(db: sqlite3.Connection, image_id: int) -> int:
+    """How many annotators skipped the image."""
+    row = db.execute(
+        "SELECT COUNT(DISTINCT annotator_id) FROM events WHERE image_id = ? AND kind = ?",
+        (image_id, EventKind.SKIP_IMAGE),
+    ).fetchone()
+    return int(row[0])
+
+
+def skipped_objects(db: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Every skipped object: when (`created`) and by whom (`name`)."""
+    return list(
+        db.execute(
+            "SELECT e.created, a.name FROM events e LEFT JOIN annotators a "
+            "ON a.annotator_id = e.annotator_id WHERE e.kind = ?",
+            (EventKind.SKIP_OBJECT,),
+        ).fetchall()
+    )

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.campaigns.campaign import Campaign, CampaignError
-from engine.campaigns.masks import ACCEPTED, KEPT, MANUAL, PREFILLED
+from engine.campaigns.masks import exported_rows
+from engine.campaigns.queue import stored_images
 from engine.dataset import (
     ANNOTATION_ID_STRIDE,
     JOB_FILE,
@@ -43,14 +44,8 @@ class ExportReport:
 
 def exported_masks(campaign: Campaign, mask_cutoff: int | None = None) -> dict[int, list[Any]]:
     """The masks to export by image id (those with mask_id <= mask_cutoff, if given)."""
-    query = (
-        "SELECT m.*, a.name AS annotator FROM masks m LEFT JOIN annotators a "
-        "ON a.annotator_id = m.annotator_id WHERE ((m.origin = ? AND m.state = ?) "
-        "OR (m.origin = ? AND m.state = ?)) AND m.mask_id <= ? ORDER BY m.image_id, m.mask_id"
-    )
-    limit = mask_cutoff if mask_cutoff is not None else 2**62
     with campaign.db.read() as db:
-        rows = db.execute(query, (MANUAL, ACCEPTED, PREFILLED, KEPT, limit)).fetchall()
+        rows = exported_rows(db, mask_cutoff)
     grouped: dict[int, list[Any]] = {}
     for row in rows:
         grouped.setdefault(row["image_id"], []).append(row)
@@ -75,11 +70,7 @@ def export_dataset(
         storage.remove("")
     masks = {k: v for k, v in exported_masks(campaign, mask_cutoff).items() if keep_image(k)}
     with campaign.db.read() as db:
-        images = {
-            row["image_id"]: row
-            for row in db.execute("SELECT * FROM images WHERE width > 0").fetchall()
-            if row["image_id"] in masks
-        }
+        images = stored_images(db, masks)
     order = sorted(images)
     for first in range(0, len(order), images_per_shard):
         shard = first // images_per_shard

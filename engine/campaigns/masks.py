@@ -4,7 +4,8 @@ prefill and then kept or rejected.
 A submission carries a client-made id: a retried request returns the mask its first
 attempt stored instead of storing a second one, also after the lease has ended. The mask
 is checked against the image (size) and the lease before anything is stored; its bbox and
-area are computed here with the SA-1B semantics.
+area are computed here with the SA-1B semantics. A mask's origin and state are the names of
+`state.MaskOrigin` and `state.MaskState`.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from pycocotools import mask as mask_utils
 from engine.campaigns.campaign import Campaign
 from engine.campaigns.db import now
 from engine.campaigns.errors import BadInput, Forbidden, NotFound
-from engine.campaigns.events import record_event
-from engine.campaigns.queue import check_lease
+from engine.campaigns.events import event_by_client, record_event
+from engine.campaigns.queue import check_lease, mark_prefilled
+from engine.campaigns.state import EventKind, MaskOrigin, MaskState
+from engine.campaigns.versions import insert_embedding, model_known
 
-MANUAL, PREFILLED = "manual", "prefilled"
-ACCEPTED, DELETED, PROPOSED, KEPT, REJECTED = "accepted", "deleted", "proposed", "kept", "rejected"
 MAX_PROMPT_POINTS = 1000
 MAX_SIDE = 20_000
 
@@ -122,8 +123,9 @@ def submit_mask(campaign: Campaign, annotator_id: int, submission: Submission) -
     a submission already stored (same annotator and client_id)."""
     _check_prompts(submission.prompts)
     shape = mask_shape(decode_rle(submission.rle))
+    _check_client_id(submission.client_id)
     with campaign.db.write() as db:
-        existing = _by_client_id(db, "masks", annotator_id, submission.client_id)
+        existing = mask_by_client(db, annotator_id, submission.client_id)
         if existing is not None:
             return int(existing["mask_id"]), False
         image = check_lease(db, submission.lease_id, annotator_id, submission.image_id)
@@ -132,7 +134,10 @@ def submit_mask(campaign: Campaign, annotator_id: int, submission: Submission) -
                 f"mask is {shape.width}x{shape.height}, image {image['key']} is "
                 f"{image['width']}x{image['height']}"
             )
-        _check_model(db, submission.model_sha256)
+        if not model_known(db, submission.model_sha256):
+            raise BadInput(
+                f"unknown model {submission.model_sha256[:12]!r}: not one of this campaign's models"
+            )
         at = now()
         cursor = db.execute(
             "INSERT INTO masks (image_id, annotator_id, client_id, origin, state, counts, height, "
@@ -143,8 +148,8 @@ def submit_mask(campaign: Campaign, annotator_id: int, submission: Submission) -
                 submission.image_id,
                 annotator_id,
                 submission.client_id,
-                MANUAL,
-                ACCEPTED,
+                MaskOrigin.MANUAL,
+                MaskState.ACCEPTED,
                 shape.counts,
                 shape.height,
                 shape.width,
@@ -166,20 +171,21 @@ def submit_mask(campaign: Campaign, annotator_id: int, submission: Submission) -
 def delete_mask(campaign: Campaign, annotator_id: int, mask_id: int, lease_id: str) -> None:
     """Delete one's own accepted mask on the image one holds (kept, marked deleted)."""
     with campaign.db.write() as db:
-        row = db.execute("SELECT * FROM masks WHERE mask_id = ?", (mask_id,)).fetchone()
+        row = mask_row(db, mask_id)
         if row is None:
             raise NotFound(f"no mask {mask_id}")
-        if row["annotator_id"] != annotator_id or row["origin"] != MANUAL:
+        if row["annotator_id"] != annotator_id or row["origin"] != MaskOrigin.MANUAL:
             raise Forbidden("only one's own masks can be deleted")
         check_lease(db, lease_id, annotator_id, row["image_id"])
-        if row["state"] == DELETED:
+        if row["state"] == MaskState.DELETED:
             return
         db.execute(
-            "UPDATE masks SET state = ?, changed = ? WHERE mask_id = ?", (DELETED, now(), mask_id)
+            "UPDATE masks SET state = ?, changed = ? WHERE mask_id = ?",
+            (MaskState.DELETED, now(), mask_id),
         )
         record_event(
             db,
-            "delete_mask",
+            EventKind.DELETE_MASK,
             image_id=row["image_id"],
             annotator_id=annotator_id,
             detail={"mask_id": mask_id},
@@ -198,14 +204,15 @@ def skip_object(
 ) -> int:
     """Record an object the annotator gave up on (the paper's "move on after 30 s")."""
     _check_prompts(prompts or {})
+    _check_client_id(client_id)
     with campaign.db.write() as db:
-        existing = _by_client_id(db, "events", annotator_id, client_id)
+        existing = event_by_client(db, annotator_id, client_id)
         if existing is not None:
             return int(existing["event_id"])
         image = check_lease(db, lease_id, annotator_id)
         return record_event(
             db,
-            "skip_object",
+            EventKind.SKIP_OBJECT,
             image_id=image["image_id"],
             annotator_id=annotator_id,
             client_id=client_id,
@@ -219,20 +226,21 @@ def reject_prefilled(
     campaign: Campaign, annotator_id: int, mask_id: int, *, lease_id: str, client_id: str
 ) -> None:
     """The annotator rejects a wrong prefilled mask of the leased image (recorded)."""
+    _check_client_id(client_id)
     with campaign.db.write() as db:
-        if _by_client_id(db, "events", annotator_id, client_id) is not None:
+        if event_by_client(db, annotator_id, client_id) is not None:
             return
-        row = db.execute("SELECT * FROM masks WHERE mask_id = ?", (mask_id,)).fetchone()
-        if row is None or row["origin"] != PREFILLED:
+        row = mask_row(db, mask_id)
+        if row is None or row["origin"] != MaskOrigin.PREFILLED:
             raise NotFound(f"no prefilled mask {mask_id}")
         check_lease(db, lease_id, annotator_id, row["image_id"])
         db.execute(
             "UPDATE masks SET state = ?, annotator_id = ?, changed = ? WHERE mask_id = ?",
-            (REJECTED, annotator_id, now(), mask_id),
+            (MaskState.REJECTED, annotator_id, now(), mask_id),
         )
         record_event(
             db,
-            "reject_prefilled",
+            EventKind.REJECT_PREFILLED,
             image_id=row["image_id"],
             annotator_id=annotator_id,
             client_id=client_id,
@@ -246,7 +254,7 @@ def image_masks(db: sqlite3.Connection, image_id: int) -> list[dict[str, Any]]:
         "SELECT m.*, a.name AS annotator FROM masks m LEFT JOIN annotators a "
         "ON a.annotator_id = m.annotator_id WHERE m.image_id = ? AND m.state IN (?, ?, ?) "
         "ORDER BY m.mask_id",
-        (image_id, ACCEPTED, PROPOSED, KEPT),
+        (image_id, MaskState.ACCEPTED, MaskState.PROPOSED, MaskState.KEPT),
     ).fetchall()
     return [mask_view(row) for row in rows]
 
@@ -265,21 +273,137 @@ def mask_view(row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-def _by_client_id(
-    db: sqlite3.Connection, table: str, annotator_id: int, client_id: str
-) -> sqlite3.Row | None:
-    if not client_id or len(client_id) > 100:
-        raise BadInput("client_id must be 1 to 100 characters")
+def mask_row(db: sqlite3.Connection, mask_id: int) -> sqlite3.Row | None:
     row: sqlite3.Row | None = db.execute(
-        f"SELECT * FROM {table} WHERE annotator_id = ? AND client_id = ?", (annotator_id, client_id)
+        "SELECT * FROM masks WHERE mask_id = ?", (mask_id,)
     ).fetchone()
     return row
 
 
-def _check_model(db: sqlite3.Connection, model_sha256: str) -> None:
-    known = db.execute("SELECT 1 FROM models WHERE sha256 = ?", (model_sha256,)).fetchone()
-    if known is None:
-        raise BadInput(f"unknown model {model_sha256[:12]!r}: not one of this campaign's models")
+def mask_by_client(db: sqlite3.Connection, annotator_id: int, client_id: str) -> sqlite3.Row | None:
+    """The mask an annotator's submission with this client id stored."""
+    row: sqlite3.Row | None = db.execute(
+        "SELECT * FROM masks WHERE annotator_id = ? AND client_id = ?", (annotator_id, client_id)
+    ).fetchone()
+    return row
+
+
+def keep_proposed(db: sqlite3.Connection, image_id: int) -> None:
+    """The image is finished: its prefilled masks not rejected are kept."""
+    db.execute(
+        "UPDATE masks SET state = ?, changed = ? WHERE image_id = ? AND origin = ? AND state = ?",
+        (MaskState.KEPT, now(), image_id, MaskOrigin.PREFILLED, MaskState.PROPOSED),
+    )
+
+
+def record_prefill(
+    campaign: Campaign,
+    image_id: int,
+    result: dict[str, Any],
+    *,
+    model_sha256: str,
+    detector_sha256: str,
+) -> bool:
+    """One transaction: the image's mark, its embedding row and its prefilled masks (result:
+    {"input_size": [h, w], "masks": [mask_shape fields + box, detector_score, predicted_iou,
+    stability_score]}). False when the image was prefilled already (nothing stored again)."""
+    with campaign.db.write() as db:
+        if not mark_prefilled(db, image_id, f"{model_sha256}:{detector_sha256}"):
+            return False
+        insert_embedding(db, image_id, model_sha256, tuple(result["input_size"]))
+        for mask in result["masks"]:
+            _insert_prefilled(db, image_id, mask, model_sha256, detector_sha256)
+    return True
+
+
+def _insert_prefilled(
+    db: sqlite3.Connection,
+    image_id: int,
+    mask: dict[str, Any],
+    model_sha256: str,
+    detector_sha256: str,
+) -> None:
+    at = now()
+    db.execute(
+        "INSERT INTO masks (image_id, origin, state, counts, height, width, bbox, area, "
+        "prompts, predicted_iou, stability_score, detector_score, model_sha256, "
+        "detector_sha256, created, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+        "?, ?, ?, ?)",
+        (
+            image_id,
+            MaskOrigin.PREFILLED,
+            MaskState.PROPOSED,
+            mask["counts"],
+            mask["height"],
+            mask["width"],
+            json.dumps(mask["bbox"]),
+            mask["area"],
+            json.dumps({"points": [], "box": mask["box"]}),
+            mask["predicted_iou"],
+            mask["stability_score"],
+            mask["detector_score"],
+            model_sha256,
+            detector_sha256,
+            at,
+            at,
+        ),
+    )
+
+
+# What other parts read -------------------------------------------------------------------
+
+
+def state_counts(db: sqlite3.Connection) -> dict[str, int]:
+    """How many masks have each origin and state ("manual accepted": 12, ...)."""
+    rows = db.execute("SELECT origin, state, COUNT(*) FROM masks GROUP BY origin, state")
+    return {f"{origin} {state}": int(count) for origin, state, count in rows}
+
+
+def exported_rows(db: sqlite3.Connection, mask_cutoff: int | None) -> list[sqlite3.Row]:
+    """The masks a dataset export holds (accepted manual ones and kept prefilled ones, with
+    mask_id <= mask_cutoff if given; annotator names as `annotator`), by image and id."""
+    query = (
+        "SELECT m.*, a.name AS annotator FROM masks m LEFT JOIN annotators a "
+        "ON a.annotator_id = m.annotator_id WHERE ((m.origin = ? AND m.state = ?) "
+        "OR (m.origin = ? AND m.state = ?)) AND m.mask_id <= ? ORDER BY m.image_id, m.mask_id"
+    )
+    limit = mask_cutoff if mask_cutoff is not None else 2**62
+    return list(
+        db.execute(
+            query,
+            (MaskOrigin.MANUAL, MaskState.ACCEPTED, MaskOrigin.PREFILLED, MaskState.KEPT, limit),
+        ).fetchall()
+    )
+
+
+def count_accepted_after(db: sqlite3.Connection, mask_id: int) -> int:
+    """Accepted manual masks with an id above `mask_id`."""
+    row = db.execute(
+        "SELECT COUNT(*) FROM masks WHERE origin = ? AND state = ? AND mask_id > ?",
+        (MaskOrigin.MANUAL, MaskState.ACCEPTED, mask_id),
+    ).fetchone()
+    return int(row[0])
+
+
+def last_mask_id(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT COALESCE(MAX(mask_id), 0) FROM masks").fetchone()[0])
+
+
+def mask_facts(db: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Every mask's image_id, origin, state, clicks, brush_strokes, seconds, model_sha256
+    and annotator `name`, for statistics."""
+    return list(
+        db.execute(
+            "SELECT m.image_id, m.origin, m.state, m.clicks, m.brush_strokes, m.seconds, "
+            "m.model_sha256, a.name FROM masks m LEFT JOIN annotators a "
+            "ON a.annotator_id = m.annotator_id"
+        ).fetchall()
+    )
+
+
+def _check_client_id(client_id: str) -> None:
+    if not client_id or len(client_id) > 100:
+        raise BadInput("client_id must be 1 to 100 characters")
 
 
 def _check_prompts(prompts: dict[str, Any]) -> None:

@@ -17,12 +17,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from engine.campaigns.auth import ADMIN, add_annotator
-from engine.campaigns.campaign import CONFIG_FILE, STAGES, Campaign, CampaignError, data_storage
+from engine.campaigns.auth import add_annotator, count_annotators
+from engine.campaigns.campaign import CONFIG_FILE, Campaign, CampaignError, data_storage
 from engine.campaigns.db import DB_FILE, Database
-from engine.campaigns.queue import ERROR, PLANNED, QUEUED
+from engine.campaigns.queue import plan_images, planned_images, record_decoded
+from engine.campaigns.state import Role, stage_named
 from engine.campaigns.versions import publish_model
+from engine.config import plain
 from engine.dataset import image_key
+from engine.files import write_atomic
 from engine.images import DecodedImage, ImageOptions
 from engine.sources import ImageSource, list_sources
 from engine.workers.decode import Failure, decode_source
@@ -36,21 +39,23 @@ def create_campaign(cfg: DictConfig) -> tuple[Campaign, str | None]:
     """Create (or finish creating) the campaign; returns it and the admin token (None when
     the admin existed already)."""
     directory = Path(str(cfg.dir))
-    if str(cfg.stage) not in STAGES:
-        raise CampaignError(f"stage must be one of {', '.join(STAGES)}, got {cfg.stage!r}")
-    model_config = _absolute_checkpoint(OmegaConf.to_container(cfg.model, resolve=True))
+    try:
+        stage_named(str(cfg.stage))
+    except ValueError as error:
+        raise CampaignError(str(error)) from error
+    model_config = _absolute_checkpoint(plain(cfg.model))
     cfg = OmegaConf.merge(cfg, {"model": model_config})  # type: ignore[assignment]
     _claim(directory, cfg)
     campaign = Campaign(directory)
     publish_model(campaign, model_config)
     sources = list_sources(_inputs(cfg), _options(cfg))
-    _insert_plans(campaign, sources)
+    plan_images(campaign, [(image_key(i + 1), s.source) for i, s in enumerate(sources)])
     _decode_planned(campaign, sources, bool(cfg.progress))
     token = None
     with campaign.db.read() as db:
-        has_admin = db.execute("SELECT 1 FROM annotators WHERE role = ?", (ADMIN,)).fetchone()
-    if has_admin is None:
-        token = add_annotator(campaign, "admin", role=ADMIN)
+        admins = count_annotators(db, Role.ADMIN)
+    if not admins:
+        token = add_annotator(campaign, "admin", role=Role.ADMIN)
     return campaign, token
 
 
@@ -60,7 +65,7 @@ def _claim(directory: Path, cfg: DictConfig) -> None:
     if config_path.exists():
         previous = OmegaConf.load(config_path)
         assert isinstance(previous, DictConfig)
-        changed = [k for k in IDENTITY_KEYS if _plain(previous.get(k)) != _plain(cfg.get(k))]
+        changed = [k for k in IDENTITY_KEYS if plain(previous.get(k)) != plain(cfg.get(k))]
         if changed:
             raise CampaignError(
                 f"{directory} holds a campaign with another {', '.join(changed)}; "
@@ -73,38 +78,17 @@ def _claim(directory: Path, cfg: DictConfig) -> None:
     database = Database(directory / DB_FILE)
     database.create_schema()
     database.close()
-    text = OmegaConf.to_yaml(cfg, resolve=True)
-    temporary = config_path.with_name(f".{CONFIG_FILE}.partial")
-    temporary.write_text(text)
-    os.replace(temporary, config_path)
+    write_atomic(config_path, OmegaConf.to_yaml(cfg, resolve=True))
     data_storage(directory, cfg)  # fails early on a bad data URL
-
-
-def _insert_plans(campaign: Campaign, sources: list[ImageSource]) -> None:
-    rows = [
-        (index + 1, image_key(index + 1), source.source, campaign.stage, PLANNED)
-        for index, source in enumerate(sources)
-    ]
-    with campaign.db.write() as db:
-        count = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-        if count and count != len(rows):
-            raise CampaignError(f"the input now lists {len(rows)} images, the campaign {count}")
-        db.executemany(
-            "INSERT OR IGNORE INTO images (image_id, key, source, stage, status) "
-            "VALUES (?, ?, ?, ?, ?)",
-            rows,
-        )
 
 
 def _decode_planned(campaign: Campaign, sources: list[ImageSource], progress: bool) -> None:
     """Decode and store every image still planned (`sources` in image-id order)."""
     with campaign.db.read() as db:
-        planned = db.execute(
-            "SELECT image_id, key FROM images WHERE status = ? ORDER BY image_id", (PLANNED,)
-        ).fetchall()
+        planned = planned_images(db)
     if not planned:
         return
-    options = ImageOptions(**_plain(campaign.config.images))
+    options = ImageOptions(**plain(campaign.config.images))
     storage_options = _options(campaign.config)
 
     def store(row: Any) -> tuple[int, DecodedImage | Failure]:
@@ -116,37 +100,19 @@ def _decode_planned(campaign: Campaign, sources: list[ImageSource], progress: bo
     bar = tqdm(total=len(planned), desc="plan", unit="img", disable=not progress)
     with ThreadPoolExecutor(DECODE_THREADS) as pool, bar:
         for image_id, decoded in pool.map(store, planned):
-            _record_decoded(campaign, image_id, decoded)
+            outcome = decoded.message if isinstance(decoded, Failure) else decoded.size_hw
+            record_decoded(campaign, image_id, outcome)
             bar.update(1)
 
 
-def _record_decoded(campaign: Campaign, image_id: int, decoded: DecodedImage | Failure) -> None:
-    with campaign.db.write() as db:
-        if isinstance(decoded, Failure):
-            db.execute(
-                "UPDATE images SET status = ?, error = ? WHERE image_id = ?",
-                (ERROR, decoded.message, image_id),
-            )
-        else:
-            height, width = decoded.size_hw
-            db.execute(
-                "UPDATE images SET status = ?, width = ?, height = ? WHERE image_id = ?",
-                (QUEUED, width, height, image_id),
-            )
-
-
 def _inputs(cfg: DictConfig) -> list[str]:
-    value = _plain(cfg.input)
+    value = plain(cfg.input)
     return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
 def _options(cfg: DictConfig) -> dict[str, Any]:
-    options = _plain(cfg.get("storage_options") or {})
+    options = plain(cfg.get("storage_options") or {})
     return dict(options) if isinstance(options, dict) else {}
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def _absolute_checkpoint(model_config: Any) -> dict[str, Any]:

@@ -14,7 +14,6 @@ prefilling as images arrive and switches to a newly published SAM version.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -24,14 +23,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from engine.campaigns.campaign import Campaign, CampaignError, exclusive
-from engine.campaigns.db import now
+from engine.campaigns.campaign import Campaign, CampaignError, campaign_detector, exclusive
+from engine.campaigns.campaign import set_campaign_detector as set_campaign_detector  # moved
 from engine.campaigns.embed import run_bounded, store_embedding
-from engine.campaigns.masks import PREFILLED, PROPOSED, mask_shape
-from engine.campaigns.queue import QUEUED, current_model
-from engine.campaigns.versions import model_config_row
+from engine.campaigns.masks import mask_shape, record_prefill
+from engine.campaigns.queue import prefill_failed, waiting_for_prefill
+from engine.campaigns.versions import current_model, model_config_row
 from engine.cluster import ray_session
+from engine.config import plain
 from engine.embeddings import Embedding, embed_image
+from engine.errors import first_line
 from engine.images import DecodedImage, ImageOptions
 from engine.sources import ImageSource
 from engine.workers.decode import Failure, decode_source
@@ -121,7 +122,7 @@ class PrefillWorker(ModelWorker):
             kept = masks_from_boxes(predictor, boxes, scores, self.settings.filter)
             return PrefillResult(embedding, [_mask_row(m) for m in kept], len(boxes))
         except (RuntimeError, ValueError) as error:
-            return Failure(f"prefill failed: {str(error).splitlines()[0] if str(error) else error}")
+            return Failure(f"prefill failed: {first_line(error)}")
         finally:
             predictor.reset_image()
             self.last_end = time.perf_counter()
@@ -151,100 +152,16 @@ def split_result(
     return {"input_size": list(stored), "masks": result.masks, "detections": result.detections}
 
 
-def record_prefill(
-    campaign: Campaign,
-    image_id: int,
-    result: dict[str, Any],
-    *,
-    model_sha256: str,
-    detector_sha256: str,
-) -> bool:
-    """One transaction: the embedding row, the prefilled masks, the image's mark. False
-    when the image was prefilled already (nothing stored again)."""
-    at = now()
-    with campaign.db.write() as db:
-        row = db.execute(
-            "SELECT prefill_model FROM images WHERE image_id = ?", (image_id,)
-        ).fetchone()
-        if row is None or row["prefill_model"] is not None:
-            return False
-        height, width = result["input_size"]
-        db.execute(
-            "INSERT OR IGNORE INTO embeddings (image_id, model_sha256, input_h, input_w, created) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (image_id, model_sha256, height, width, at),
-        )
-        for mask in result["masks"]:
-            db.execute(
-                "INSERT INTO masks (image_id, origin, state, counts, height, width, bbox, area, "
-                "prompts, predicted_iou, stability_score, detector_score, model_sha256, "
-                "detector_sha256, created, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?, ?, ?)",
-                (
-                    image_id,
-                    PREFILLED,
-                    PROPOSED,
-                    mask["counts"],
-                    mask["height"],
-                    mask["width"],
-                    json.dumps(mask["bbox"]),
-                    mask["area"],
-                    json.dumps({"points": [], "box": mask["box"]}),
-                    mask["predicted_iou"],
-                    mask["stability_score"],
-                    mask["detector_score"],
-                    model_sha256,
-                    detector_sha256,
-                    at,
-                    at,
-                ),
-            )
-        db.execute(
-            "UPDATE images SET prefill_model = ? WHERE image_id = ?",
-            (f"{model_sha256}:{detector_sha256}", image_id),
-        )
-    return True
-
-
 def pending_prefill(campaign: Campaign) -> list[Any]:
+    """The stage-2 images waiting for their prefill, in order."""
     with campaign.db.read() as db:
-        return list(
-            db.execute(
-                "SELECT image_id, key FROM images WHERE stage = 2 AND status = ? "
-                "AND prefill_model IS NULL ORDER BY image_id",
-                (QUEUED,),
-            ).fetchall()
-        )
-
-
-DETECTOR_META = "detector"
-
-
-def campaign_detector(campaign: Campaign) -> str | None:
-    """The campaign's detector reference: set by `set-stage` or a detector round (the
-    database), else the config's prefill.detector."""
-    with campaign.db.read() as db:
-        row = db.execute("SELECT value FROM meta WHERE key = ?", (DETECTOR_META,)).fetchone()
-    if row is not None:
-        return str(row["value"])
-    configured = campaign.config.get("prefill", {}).get("detector")
-    return str(configured) if configured else None
-
-
-def set_campaign_detector(campaign: Campaign, reference: str) -> None:
-    with campaign.db.write() as db:
-        db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
-            "value = excluded.value",
-            (DETECTOR_META, reference),
-        )
+        return waiting_for_prefill(db)
 
 
 def prefill_settings(campaign: Campaign, detector: str | None = None) -> PrefillSettings:
     from engine.detection.registry import resolve_detector_reference
 
-    node = OmegaConf.to_container(campaign.config.prefill, resolve=True)
-    assert isinstance(node, dict)
+    node: dict[str, Any] = plain(campaign.config.prefill)
     path = detector or campaign_detector(campaign)
     if not path:
         raise CampaignError(
@@ -329,12 +246,7 @@ def _recorder(
     def finished(image_id: int, result: dict[str, Any] | str) -> None:
         if isinstance(result, str):
             tally.failures.add(image_id)
-            with campaign.db.write() as db:  # not leased, shown by `status` with its message
-                db.execute(
-                    "UPDATE images SET status = 'error', error = ? WHERE image_id = ? "
-                    "AND status = ? AND prefill_model IS NULL",
-                    (result, image_id, QUEUED),
-                )
+            prefill_failed(campaign, image_id, result)
         elif record_prefill(
             campaign,
             image_id,

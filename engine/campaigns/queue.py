@@ -1,33 +1,52 @@
-"""The image queue: leases with a TTL renewed by heartbeats.
+"""The image queue: the images table, and leases with a TTL renewed by heartbeats.
 
 An image is leased to one annotator at a time. A lease that is not renewed within the TTL
 expires: the image returns to the queue (everything accepted on it stays). An annotator
-holding a live lease gets the same lease back when asking again (a reloaded page). Images
-whose embedding for the current model is ready go first, then the rest in image order;
-stage-2 images only once prefilled. Skip image ends a lease and returns the image to the
-queue for the others; an image skipped by `max_image_skips` annotators is set aside.
-Finish image ends a lease and marks the image done.
+holding a live lease gets the same lease back when asking again (a reloaded page).
+
+An image is ready to lease when it is queued and, in stage 2, prefilled (`READY`, the one
+place this rule is written); ready images whose embedding for the current model is
+computed go first, then the rest in image order (`_next_image`). Stage-2 images not yet
+prefilled wait (`WAITING`). Skip image ends a lease and returns the image to the queue for
+the others; an image skipped by `max_image_skips` annotators is set aside. Finish image
+ends a lease and marks the image done.
 """
 
 from __future__ import annotations
 
 import secrets
 import sqlite3
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
 
-from engine.campaigns.campaign import Campaign
+from engine.campaigns.campaign import Campaign, CampaignError
 from engine.campaigns.db import now
 from engine.campaigns.errors import Conflict, Forbidden, NotFound
-from engine.campaigns.events import record_event
+from engine.campaigns.events import event_by_client, image_skippers, record_event
+from engine.campaigns.state import EventKind, ImageStatus, Stage
+from engine.campaigns.versions import current_model
 
-QUEUED, LEASED, DONE, SET_ASIDE, ERROR, PLANNED = (
-    "queued",
-    "leased",
-    "done",
-    "set_aside",
-    "error",
-    "planned",
+# The names the queue's SQL binds (:queued, :semi, ...); `_names(**more)` adds the rest.
+NAMES: dict[str, Any] = {
+    "queued": ImageStatus.QUEUED,
+    "leased": ImageStatus.LEASED,
+    "assisted": Stage.ASSISTED,
+    "semi": Stage.SEMI,
+    "skip_image": EventKind.SKIP_IMAGE,
+}
+PREFILLED_IF_SEMI = "(i.stage = :assisted OR i.prefill_model IS NOT NULL)"
+READY = f"i.status = :queued AND {PREFILLED_IF_SEMI}"
+WAITING = "i.status = :queued AND i.stage = :semi AND i.prefill_model IS NULL"
+NOT_SKIPPED = (
+    "NOT EXISTS (SELECT 1 FROM events s WHERE s.image_id = i.image_id "
+    "AND s.kind = :skip_image AND s.annotator_id = :annotator)"
 )
+LEASE_ENDED = "lease_id = NULL, lease_annotator = NULL, lease_expires = NULL, lease_started = NULL"
+
+
+def _names(**more: Any) -> dict[str, Any]:
+    return {**NAMES, **more}
 
 
 @dataclass(frozen=True)
@@ -42,39 +61,25 @@ class Lease:
     annotator_id: int
 
 
-def current_model(connection: sqlite3.Connection) -> str | None:
-    row = connection.execute("SELECT sha256 FROM models ORDER BY version DESC LIMIT 1").fetchone()
-    return None if row is None else str(row["sha256"])
-
-
 def expire_leases(connection: sqlite3.Connection, at: float) -> int:
     """Return every image whose lease ran out to the queue (recorded as events)."""
+    expired = "i.status = :leased AND i.lease_expires <= :at"
     rows = connection.execute(
-        "SELECT image_id, lease_annotator FROM images WHERE status = ? AND lease_expires <= ?",
-        (LEASED, at),
+        f"SELECT image_id, lease_annotator FROM images i WHERE {expired}", _names(at=at)
     ).fetchall()
     for row in rows:
         record_event(
             connection,
-            "lease_expired",
+            EventKind.LEASE_EXPIRED,
             image_id=row["image_id"],
             annotator_id=row["lease_annotator"],
         )
     connection.execute(
-        "UPDATE images SET status = ?, lease_id = NULL, lease_annotator = NULL, "
-        "lease_expires = NULL, lease_started = NULL WHERE status = ? AND lease_expires <= ?",
-        (QUEUED, LEASED, at),
+        f"UPDATE images SET status = :queued, {LEASE_ENDED} "
+        f"WHERE image_id IN (SELECT i.image_id FROM images i WHERE {expired})",
+        _names(at=at),
     )
     return len(rows)
-
-
-def waiting_images(db: sqlite3.Connection) -> int:
-    """Queued images that cannot be leased yet: stage-2 images waiting for their prefill."""
-    row = db.execute(
-        "SELECT COUNT(*) FROM images WHERE status = ? AND stage = 2 AND prefill_model IS NULL",
-        (QUEUED,),
-    ).fetchone()
-    return int(row[0])
 
 
 def lease_next(campaign: Campaign, annotator_id: int, *, ahead: bool = False) -> Lease | None:
@@ -89,7 +94,7 @@ def lease_next(campaign: Campaign, annotator_id: int, *, ahead: bool = False) ->
         expire_leases(db, at)
         leases = db.execute(
             "SELECT * FROM images WHERE status = ? AND lease_annotator = ? ORDER BY lease_started",
-            (LEASED, annotator_id),
+            (ImageStatus.LEASED, annotator_id),
         ).fetchall()
         wanted = 1 if ahead else 0
         held = leases[wanted] if len(leases) > wanted else None
@@ -106,35 +111,26 @@ def lease_next(campaign: Campaign, annotator_id: int, *, ahead: bool = False) ->
         db.execute(
             "UPDATE images SET status = ?, lease_id = ?, lease_annotator = ?, lease_expires = ?, "
             "lease_started = ? WHERE image_id = ?",
-            (LEASED, lease_id, annotator_id, at + ttl, at, row["image_id"]),
+            (ImageStatus.LEASED, lease_id, annotator_id, at + ttl, at, row["image_id"]),
         )
-        record_event(db, "lease", image_id=row["image_id"], annotator_id=annotator_id)
-        leased = db.execute(
-            "SELECT * FROM images WHERE image_id = ?", (row["image_id"],)
-        ).fetchone()
-        return lease_from_row(leased, at + ttl)
-
-
-_NOT_SKIPPED = (
-    "NOT EXISTS (SELECT 1 FROM events s WHERE s.image_id = i.image_id "
-    "AND s.kind = 'skip_image' AND s.annotator_id = :annotator)"
-)
-_READY = "(i.stage = 1 OR i.prefill_model IS NOT NULL)"
+        record_event(db, EventKind.LEASE, image_id=row["image_id"], annotator_id=annotator_id)
+        return replace(lease_from_row(row, at + ttl), lease_id=lease_id, annotator_id=annotator_id)
 
 
 def _next_image(db: sqlite3.Connection, annotator_id: int, model: str | None) -> sqlite3.Row | None:
-    params = {"annotator": annotator_id, "model": model or "", "queued": QUEUED}
+    """The next ready image the annotator did not skip: one with the model's embedding
+    first, else the first in image order."""
+    params = _names(annotator=annotator_id, model=model or "")
     ready = db.execute(
         "SELECT i.* FROM images i JOIN embeddings e ON e.image_id = i.image_id "
-        f"WHERE e.model_sha256 = :model AND i.status = :queued AND {_READY} AND {_NOT_SKIPPED} "
+        f"WHERE e.model_sha256 = :model AND {READY} AND {NOT_SKIPPED} "
         "ORDER BY i.image_id LIMIT 1",
         params,
     ).fetchone()
     if ready is not None:
         return ready
     row: sqlite3.Row | None = db.execute(
-        f"SELECT i.* FROM images i WHERE i.status = :queued AND {_READY} AND {_NOT_SKIPPED} "
-        "ORDER BY i.image_id LIMIT 1",
+        f"SELECT i.* FROM images i WHERE {READY} AND {NOT_SKIPPED} ORDER BY i.image_id LIMIT 1",
         params,
     ).fetchone()
     return row
@@ -183,48 +179,209 @@ def heartbeat(campaign: Campaign, lease_id: str, annotator_id: int) -> float:
 
 def end_lease(
     campaign: Campaign, lease_id: str, annotator_id: int, *, finish: bool, client_id: str | None
-) -> str:
+) -> ImageStatus:
     """Finish (image done) or skip (back to the queue) the leased image; returns its new
     status. Repeating a call with the same client_id answers the same."""
-    kind = "finish_image" if finish else "skip_image"
+    from engine.campaigns.masks import keep_proposed  # masks imports this module
+
+    kind = EventKind.FINISH_IMAGE if finish else EventKind.SKIP_IMAGE
     with campaign.db.write() as db:
         if client_id is not None:
-            done = db.execute(
-                "SELECT image_id FROM events WHERE annotator_id = ? AND client_id = ? AND kind = ?",
-                (annotator_id, client_id, kind),
-            ).fetchone()
+            done = event_by_client(db, annotator_id, client_id, kind)
             if done is not None:
-                return str(_status(db, done["image_id"]))
-        row = check_lease(db, lease_id, annotator_id)
-        image_id = row["image_id"]
+                return _status(db, done["image_id"])
+        image_id = check_lease(db, lease_id, annotator_id)["image_id"]
         record_event(db, kind, image_id=image_id, annotator_id=annotator_id, client_id=client_id)
-        status = DONE if finish else _after_skip(db, image_id, campaign.queue.max_image_skips)
+        status = (
+            ImageStatus.DONE
+            if finish
+            else _after_skip(db, image_id, campaign.queue.max_image_skips)
+        )
         if finish:  # prefilled masks the annotator did not reject are kept
-            db.execute(
-                "UPDATE masks SET state = 'kept', changed = ? WHERE image_id = ? "
-                "AND origin = 'prefilled' AND state = 'proposed'",
-                (now(), image_id),
-            )
+            keep_proposed(db, image_id)
         db.execute(
-            "UPDATE images SET status = ?, lease_id = NULL, lease_annotator = NULL, "
-            "lease_expires = NULL, lease_started = NULL, finished_by = ?, finished_at = ? "
+            f"UPDATE images SET status = ?, {LEASE_ENDED}, finished_by = ?, finished_at = ? "
             "WHERE image_id = ?",
             (status, annotator_id if finish else None, now() if finish else None, image_id),
         )
     return status
 
 
-def _after_skip(db: sqlite3.Connection, image_id: int, max_skips: int) -> str:
-    skippers = db.execute(
-        "SELECT COUNT(DISTINCT annotator_id) FROM events "
-        "WHERE image_id = ? AND kind = 'skip_image'",
-        (image_id,),
-    ).fetchone()[0]
-    return SET_ASIDE if skippers >= max_skips else QUEUED
+def _after_skip(db: sqlite3.Connection, image_id: int, max_skips: int) -> ImageStatus:
+    return (
+        ImageStatus.SET_ASIDE if image_skippers(db, image_id) >= max_skips else ImageStatus.QUEUED
+    )
 
 
-def _status(db: sqlite3.Connection, image_id: int) -> str:
-    row = db.execute("SELECT status FROM images WHERE image_id = ?", (image_id,)).fetchone()
+def _status(db: sqlite3.Connection, image_id: int) -> ImageStatus:
+    row = image_row(db, image_id)
     if row is None:
         raise NotFound(f"no image {image_id}")
-    return str(row["status"])
+    return ImageStatus(row["status"])
+
+
+# Images waiting, and the images the embed and prefill jobs work on -------------------------
+
+
+def waiting_images(db: sqlite3.Connection) -> int:
+    """Queued images that cannot be leased yet: stage-2 images waiting for their prefill."""
+    return int(db.execute(f"SELECT COUNT(*) FROM images i WHERE {WAITING}", NAMES).fetchone()[0])
+
+
+def waiting_for_prefill(db: sqlite3.Connection) -> list[sqlite3.Row]:
+    """The waiting images (image_id, key) in order: what the prefill job does next."""
+    query = f"SELECT i.image_id, i.key FROM images i WHERE {WAITING} ORDER BY i.image_id"
+    return list(db.execute(query, NAMES).fetchall())
+
+
+def pending_images(
+    campaign: Campaign, model_sha256: str, ahead: int | None, failed: set[int] | None = None
+) -> list[Any]:
+    """Images to embed now for the model: leased ones first, then ready ones in order,
+    keeping at most `ahead` queued images embedded (None: all of them). Images in `failed`
+    (whose embedding failed in this job) are left out. Stage-2 images get their first
+    embedding from the prefill job."""
+    missing = (
+        "SELECT i.image_id, i.key, i.status FROM images i WHERE i.status = :status "
+        f"AND {PREFILLED_IF_SEMI} AND NOT EXISTS (SELECT 1 FROM embeddings e "
+        "WHERE e.image_id = i.image_id AND e.model_sha256 = :model) ORDER BY i.image_id"
+    )
+    skip = failed or set()
+    with campaign.db.read() as db:
+
+        def lacking(status: ImageStatus) -> list[Any]:
+            rows = db.execute(missing, _names(status=status, model=model_sha256))
+            return [row for row in rows if row["image_id"] not in skip]
+
+        leased, queued = lacking(ImageStatus.LEASED), lacking(ImageStatus.QUEUED)
+        if ahead is not None:
+            ready = db.execute(
+                "SELECT COUNT(*) FROM embeddings e JOIN images i ON i.image_id = e.image_id "
+                "WHERE e.model_sha256 = :model AND i.status = :queued",
+                _names(model=model_sha256),
+            ).fetchone()[0]
+            queued = queued[: max(0, ahead - ready)]
+    return [*leased, *queued]
+
+
+def mark_prefilled(db: sqlite3.Connection, image_id: int, mark: str) -> bool:
+    """Mark the image prefilled (by the models `mark` names); False when it was already."""
+    cursor = db.execute(
+        "UPDATE images SET prefill_model = ? WHERE image_id = ? AND prefill_model IS NULL",
+        (mark, image_id),
+    )
+    return cursor.rowcount > 0
+
+
+def prefill_failed(campaign: Campaign, image_id: int, message: str) -> None:
+    """A waiting image that cannot be prefilled: an error row with the message (not leased;
+    `status` shows it)."""
+    with campaign.db.write() as db:
+        db.execute(
+            "UPDATE images SET status = :error, error = :message WHERE image_id IN "
+            f"(SELECT i.image_id FROM images i WHERE i.image_id = :image_id AND {WAITING})",
+            _names(error=ImageStatus.ERROR, message=message, image_id=image_id),
+        )
+
+
+def move_to_stage(campaign: Campaign, stage: Stage) -> int:
+    """Move the images not yet leased, done or prefilled to `stage`; returns how many."""
+    with campaign.db.write() as db:
+        return int(
+            db.execute(
+                "UPDATE images SET stage = ? WHERE status = ? AND prefill_model IS NULL",
+                (stage, ImageStatus.QUEUED),
+            ).rowcount
+        )
+
+
+# Planning: the images of `campaign create` -------------------------------------------------
+
+
+def plan_images(campaign: Campaign, images: list[tuple[str, str]]) -> None:
+    """Planned rows for the images (key, source): image i + 1 is images[i]. Creating again
+    adds nothing, and refuses another number of images."""
+    rows = [
+        (index + 1, key, source, campaign.stage, ImageStatus.PLANNED)
+        for index, (key, source) in enumerate(images)
+    ]
+    with campaign.db.write() as db:
+        count = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        if count and count != len(rows):
+            raise CampaignError(f"the input now lists {len(rows)} images, the campaign {count}")
+        db.executemany(
+            "INSERT OR IGNORE INTO images (image_id, key, source, stage, status) "
+            "VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+
+
+def planned_images(db: sqlite3.Connection) -> list[sqlite3.Row]:
+    """The images not decoded yet (image_id, key), in order."""
+    return list(
+        db.execute(
+            "SELECT image_id, key FROM images WHERE status = ? ORDER BY image_id",
+            (ImageStatus.PLANNED,),
+        ).fetchall()
+    )
+
+
+def record_decoded(campaign: Campaign, image_id: int, outcome: tuple[int, int] | str) -> None:
+    """A planned image decoded and stored (outcome: its size h, w) and queued, or an error
+    row (outcome: the message)."""
+    with campaign.db.write() as db:
+        if isinstance(outcome, str):
+            db.execute(
+                "UPDATE images SET status = ?, error = ? WHERE image_id = ?",
+                (ImageStatus.ERROR, outcome, image_id),
+            )
+        else:
+            db.execute(
+                "UPDATE images SET status = ?, height = ?, width = ? WHERE image_id = ?",
+                (ImageStatus.QUEUED, outcome[0], outcome[1], image_id),
+            )
+
+
+# What other parts read -------------------------------------------------------------------
+
+
+def image_row(db: sqlite3.Connection, image_id: int) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = db.execute(
+        "SELECT * FROM images WHERE image_id = ?", (image_id,)
+    ).fetchone()
+    return row
+
+
+def status_counts(db: sqlite3.Connection) -> dict[str, int]:
+    """How many images are in each status."""
+    rows = db.execute("SELECT status, COUNT(*) FROM images GROUP BY status").fetchall()
+    return {str(status): int(count) for status, count in rows}
+
+
+def error_images(db: sqlite3.Connection, limit: int) -> list[sqlite3.Row]:
+    return list(
+        db.execute(
+            "SELECT key, source, error FROM images WHERE status = ? LIMIT ?",
+            (ImageStatus.ERROR, limit),
+        ).fetchall()
+    )
+
+
+def finished_images(db: sqlite3.Connection) -> list[sqlite3.Row]:
+    """The done images: image_id, finished_at, stage."""
+    return list(
+        db.execute(
+            "SELECT image_id, finished_at, stage FROM images WHERE status = ?", (ImageStatus.DONE,)
+        ).fetchall()
+    )
+
+
+def stored_images(db: sqlite3.Connection, image_ids: Iterable[int]) -> dict[int, sqlite3.Row]:
+    """The rows of those of `image_ids` that are stored (decoded), by id."""
+    wanted = set(image_ids)
+    rows = db.execute("SELECT * FROM images WHERE width > 0").fetchall()
+    return {row["image_id"]: row for row in rows if row["image_id"] in wanted}
+
+
+def image_sources(db: sqlite3.Connection) -> dict[int, str]:
+    return {row[0]: row[1] for row in db.execute("SELECT image_id, source FROM images")}

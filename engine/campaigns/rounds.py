@@ -16,18 +16,27 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 from dataclasses import dataclass, replace
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from engine.campaigns.campaign import Campaign, CampaignError, exclusive
+from engine.campaigns.campaign import (
+    Campaign,
+    CampaignError,
+    campaign_detector,
+    exclusive,
+    set_campaign_detector,
+)
 from engine.campaigns.db import now
 from engine.campaigns.export import export_dataset
-from engine.campaigns.masks import ACCEPTED, MANUAL
-from engine.campaigns.queue import current_model
-from engine.campaigns.versions import model_config_row, publish_model
+from engine.campaigns.masks import count_accepted_after, last_mask_id
+from engine.campaigns.state import RoundStatus
+from engine.campaigns.versions import current_model, model_config_row, publish_model
 from engine.cluster import ray_session
+from engine.config import plain
+from engine.errors import first_line
 from engine.models import resolve_checkpoint_reference
 from engine.registry import Registry
 from engine.training.commands import train_config
@@ -48,20 +57,28 @@ def new_masks(campaign: Campaign) -> int:
     """Accepted manual masks since the last round's cutoff."""
     with campaign.db.read() as db:
         cutoff = db.execute("SELECT COALESCE(MAX(mask_cutoff), 0) FROM rounds").fetchone()[0]
-        return int(
-            db.execute(
-                "SELECT COUNT(*) FROM masks WHERE origin = ? AND state = ? AND mask_id > ?",
-                (MANUAL, ACCEPTED, cutoff),
-            ).fetchone()[0]
-        )
+        return count_accepted_after(db, int(cutoff))
 
 
 def round_due(campaign: Campaign) -> bool:
     """A round is running but unfinished (resume it), or retrain_every masks are new."""
     every = campaign.config.get("retrain_every")
     with campaign.db.read() as db:
-        running = db.execute("SELECT 1 FROM rounds WHERE status = 'running'").fetchone()
+        running = _running(db)
     return running is not None or (bool(every) and new_masks(campaign) >= int(every))
+
+
+def round_counts(db: sqlite3.Connection) -> dict[str, int]:
+    """How many rounds are in each status."""
+    rows = db.execute("SELECT status, COUNT(*) FROM rounds GROUP BY status").fetchall()
+    return {str(status): int(count) for status, count in rows}
+
+
+def _running(db: sqlite3.Connection) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = db.execute(
+        "SELECT round_id, mask_cutoff FROM rounds WHERE status = ?", (RoundStatus.RUNNING,)
+    ).fetchone()
+    return row
 
 
 def registry_root(campaign: Campaign) -> str:
@@ -88,7 +105,7 @@ def _run(campaign: Campaign, cfg: DictConfig, round_id: int, cutoff: int) -> Rou
         sha = current_model(db) or ""
         model_config = model_config_row(db, sha)
     train = replace(
-        train_config({**_plain(settings.train), "data": data, "output": ""}),
+        train_config({**plain(settings.train), "data": data, "output": ""}),
         model=str(model_config["name"]),
         init_checkpoint=_weights_file(campaign, model_config, sha),
     )
@@ -97,7 +114,7 @@ def _run(campaign: Campaign, cfg: DictConfig, round_id: int, cutoff: int) -> Rou
             registry_root=registry_root(campaign),
             train=train,
             eval_data=eval_data,
-            eval_settings=EvalSettings(**_plain(settings.eval)),
+            eval_settings=EvalSettings(**plain(settings.eval)),
             workers=int(settings.workers),
             use_gpu=bool(settings.use_gpu),
             config_yaml=OmegaConf.to_yaml(campaign.config),
@@ -121,14 +138,13 @@ def _detector_round(
 ) -> dict[str, Any] | None:
     """Stage 2: the campaign's detector retrained on this round's export (None when the
     campaign has no detector or `rounds.detector.retrain` is false)."""
-    from engine.campaigns.prefill import campaign_detector, set_campaign_detector
     from engine.detection.job import DetectorJob, EmbedSettings
     from engine.detection.registry import DetectorRegistry, resolve_detector_reference
     from engine.detection.rounds import run_detector_round
     from engine.detection.trainer import DetectorTrainConfig
     from stages.semi import load_detector
 
-    settings = _plain(campaign.config.rounds.get("detector") or {})
+    settings = plain(campaign.config.rounds.get("detector") or {})
     reference = campaign_detector(campaign)
     if reference is None or not settings.get("retrain", True):
         return None
@@ -178,22 +194,20 @@ def _weights_file(campaign: Campaign, model_config: dict[str, Any], sha: str) ->
 def _start(campaign: Campaign) -> tuple[int, int]:
     """The running round (resumed) or a new one with its mask cutoff fixed now."""
     with campaign.db.write() as db:
-        running = db.execute(
-            "SELECT round_id, mask_cutoff FROM rounds WHERE status = 'running'"
-        ).fetchone()
+        running = _running(db)
         if running is not None:
             return int(running["round_id"]), int(running["mask_cutoff"])
-        cutoff = db.execute("SELECT COALESCE(MAX(mask_id), 0) FROM masks").fetchone()[0]
+        cutoff = last_mask_id(db)
         cursor = db.execute(
-            "INSERT INTO rounds (status, mask_cutoff, started) VALUES ('running', ?, ?)",
-            (cutoff, now()),
+            "INSERT INTO rounds (status, mask_cutoff, started) VALUES (?, ?, ?)",
+            (RoundStatus.RUNNING, cutoff, now()),
         )
-        return int(cursor.lastrowid or 0), int(cutoff)
+        return int(cursor.lastrowid or 0), cutoff
 
 
 def _export(campaign: Campaign, tag: str, cutoff: int) -> tuple[list[str], list[str]]:
     settings = campaign.config.rounds
-    eval_data = [str(d) for d in _plain(settings.eval_data) or []]
+    eval_data = [str(d) for d in plain(settings.eval_data) or []]
     every = int(settings.holdout_every)
     held_out = (lambda image_id: image_id % every == 0) if not eval_data else (lambda _: False)
     base = f"exports/{tag}"
@@ -237,21 +251,16 @@ def _finish(
     detail = json.dumps({"reason": reason, "metrics": metrics, "detector": detector})
     with campaign.db.write() as db:
         db.execute(
-            "UPDATE rounds SET status = 'done', name = ?, finished = ?, promoted = ?, detail = ? "
+            "UPDATE rounds SET status = ?, name = ?, finished = ?, promoted = ?, detail = ? "
             "WHERE round_id = ?",
-            (name, now(), int(promoted), detail, round_id),
+            (RoundStatus.DONE, name, now(), int(promoted), detail, round_id),
         )
 
 
 def _fail(campaign: Campaign, round_id: int, error: BaseException) -> None:
     """A round that raised: recorded as failed; the next trigger exports everything again."""
-    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     with campaign.db.write() as db:
         db.execute(
-            "UPDATE rounds SET status = 'failed', finished = ?, detail = ? WHERE round_id = ?",
-            (now(), json.dumps({"error": message}), round_id),
+            "UPDATE rounds SET status = ?, finished = ?, detail = ? WHERE round_id = ?",
+            (RoundStatus.FAILED, now(), json.dumps({"error": first_line(error)}), round_id),
         )
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

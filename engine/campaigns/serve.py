@@ -24,21 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from engine.campaigns.api import create_app
-from engine.campaigns.campaign import Campaign
+from engine.campaigns.campaign import Campaign, campaign_detector
+from engine.campaigns.queue import waiting_images
 from engine.campaigns.rounds import round_due
+from engine.files import write_atomic
 
 
 def prefill_wanted(campaign: Campaign) -> bool:
     """Stage-2 images wait for their prefill, and a detector is configured."""
-    from engine.campaigns.prefill import campaign_detector
-
     if campaign_detector(campaign) is None:
         return False
     with campaign.db.read() as db:
-        waiting = db.execute(
-            "SELECT 1 FROM images WHERE stage = 2 AND prefill_model IS NULL AND status = 'queued'"
-        ).fetchone()
-    return waiting is not None
+        return waiting_images(db) > 0
 
 
 SERVER_FILE = "server.json"
@@ -172,10 +169,7 @@ def end_with_parent() -> None:
 
 
 def _write_server_file(campaign: Campaign, info: dict[str, Any]) -> None:
-    path = campaign.runs_dir() / SERVER_FILE
-    temporary = path.with_name(f".{SERVER_FILE}.partial")
-    temporary.write_text(json.dumps(info))
-    os.replace(temporary, path)
+    write_atomic(campaign.runs_dir() / SERVER_FILE, json.dumps(info))
 
 
 def server_url(campaign: Campaign) -> str | None:

@@ -25,6 +25,8 @@ from engine.campaigns.auth import add_annotator
 from engine.campaigns.campaign import Campaign
 from engine.campaigns.client import ApiError, CampaignClient, new_client_id
 from engine.campaigns.masks import decode_rle
+from engine.campaigns.queue import image_sources
+from engine.campaigns.state import MaskOrigin
 from engine.campaigns.truth import TruthIndex
 from engine.embeddings import from_npy_bytes
 from stages.assisted.annotator import AnnotatorPolicy, Prediction, annotate_object
@@ -92,7 +94,9 @@ class ScriptedAnnotator:
         rng = np.random.default_rng([self.seed, image["image_id"]])
         budget = self.policy.seconds_per_image
         spent = 0.0
-        existing = [decode_rle(m["rle"]) for m in lease["masks"] if m["origin"] == "manual"]
+        existing = [
+            decode_rle(m["rle"]) for m in lease["masks"] if m["origin"] == MaskOrigin.MANUAL
+        ]
         existing += self._review_prefilled(lease, targets)
         for target in targets if targets is not None else []:
             if spent >= budget or target.sum() < self.policy.min_area:
@@ -196,7 +200,7 @@ class ScriptedAnnotator:
         """Stage 2: reject prefilled masks that match no true object; the rest are kept."""
         kept = []
         for mask in lease["masks"]:
-            if mask["origin"] != "prefilled":
+            if mask["origin"] != MaskOrigin.PREFILLED:
                 continue
             pixels = decode_rle(mask["rle"])
             matched = targets is not None and any(
@@ -248,7 +252,7 @@ def simulate(
     """Run `annotators` scripted annotators concurrently until the queue is empty."""
     index = TruthIndex(truth)
     with campaign.db.read() as db:
-        sources = {row[0]: row[1] for row in db.execute("SELECT image_id, source FROM images")}
+        sources = image_sources(db)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_path = campaign.runs_dir() / f"simulate-{stamp}.jsonl"
     lock = threading.Lock()

@@ -16,90 +16,91 @@ from bisect import bisect_right
 from pathlib import Path
 from typing import Any
 
-from engine.campaigns.campaign import Campaign
-from engine.campaigns.masks import ACCEPTED, KEPT, MANUAL, PREFILLED, PROPOSED, REJECTED
+from engine.campaigns.campaign import Campaign, campaign_detector
+from engine.campaigns.events import skipped_objects
+from engine.campaigns.masks import mask_facts
+from engine.campaigns.queue import finished_images, status_counts
+from engine.campaigns.state import MaskOrigin, MaskState, Stage
+from engine.campaigns.versions import versions as model_versions
+from engine.errors import first_line
 
 STATS_PLOT = "stats.png"
 
 
 def campaign_stats(campaign: Campaign) -> dict[str, Any]:
     with campaign.db.read() as db:
-        versions = db.execute(
-            "SELECT version, sha256, round, created FROM models ORDER BY version"
-        ).fetchall()
-        masks = db.execute(
-            "SELECT m.image_id, m.origin, m.state, m.clicks, m.brush_strokes, m.seconds, "
-            "m.model_sha256, a.name FROM masks m LEFT JOIN annotators a "
-            "ON a.annotator_id = m.annotator_id"
-        ).fetchall()
-        skips = db.execute(
-            "SELECT e.created, a.name FROM events e LEFT JOIN annotators a "
-            "ON a.annotator_id = e.annotator_id WHERE e.kind = 'skip_object'"
-        ).fetchall()
-        finished = db.execute(
-            "SELECT image_id, finished_at, stage FROM images WHERE status = 'done'"
-        ).fetchall()
-        counts = dict(db.execute("SELECT status, COUNT(*) FROM images GROUP BY status").fetchall())
-    by_sha = {row["sha256"]: row["version"] for row in versions}
+        versions = model_versions(db)
+        masks = mask_facts(db)
+        skips = skipped_objects(db)
+        finished = finished_images(db)
+        counts = status_counts(db)
     starts = [row["created"] for row in versions]
 
     def version_at(time: float) -> int:
         return versions[max(0, bisect_right(starts, time) - 1)]["version"] if versions else 0
 
     image_version = {row["image_id"]: version_at(row["finished_at"]) for row in finished}
-    rounds = {
-        row["version"]: _figures(
-            [m for m in masks if by_sha.get(m["model_sha256"]) == row["version"]],
-            sum(version_at(s["created"]) == row["version"] for s in skips),
-            [m for m in masks if image_version.get(m["image_id"]) == row["version"]],
-            sum(v == row["version"] for v in image_version.values()),
-        )
-        for row in versions
-    }
-    for row in versions:
-        rounds[row["version"]]["round"] = row["round"] or "initial"
-    names = sorted(
-        {m["name"] for m in masks if m["name"]} | {s["name"] for s in skips if s["name"]}
-    )
-    annotators = {
-        name: _figures(
-            [m for m in masks if m["name"] == name],
-            sum(s["name"] == name for s in skips),
-            [m for m in masks if m["name"] == name and m["image_id"] in image_version],
-            len(
-                {
-                    m["image_id"]
-                    for m in masks
-                    if m["name"] == name and m["image_id"] in image_version
-                }
-            ),
-        )
-        for name in names
-    }
-    stages = {
-        stage: _figures(
-            [m for m in masks if m["image_id"] in ids],
-            0,
-            [m for m in masks if m["image_id"] in ids],
-            len(ids),
-        )
-        for stage in sorted({row["stage"] for row in finished})
-        for ids in [{row["image_id"] for row in finished if row["stage"] == stage}]
-    }
-    for row in stages.values():
-        del row["skipped_objects"], row["skipped_share"]
+    skip_versions = [version_at(s["created"]) for s in skips]
     return {
         "images": counts,
-        "rounds": rounds,
-        "annotators": annotators,
-        "stages": stages,
+        "rounds": _per_round(versions, masks, skip_versions, image_version),
+        "annotators": _per_annotator(masks, skips, image_version),
+        "stages": _per_stage(masks, finished),
         "detector": _detector(campaign),
     }
 
 
+def _per_round(
+    versions: list[Any], masks: list[Any], skip_versions: list[int], image_version: dict[int, int]
+) -> dict[int, dict[str, Any]]:
+    """Per model version (what belongs to a version: see the module docstring)."""
+    by_sha = {row["sha256"]: row["version"] for row in versions}
+    rounds = {}
+    for row in versions:
+        version = row["version"]
+        rounds[version] = _figures(
+            [m for m in masks if by_sha.get(m["model_sha256"]) == version],
+            skip_versions.count(version),
+            [m for m in masks if image_version.get(m["image_id"]) == version],
+            sum(v == version for v in image_version.values()),
+        )
+        rounds[version]["round"] = row["round"] or "initial"
+    return rounds
+
+
+def _per_annotator(
+    masks: list[Any], skips: list[Any], image_version: dict[int, int]
+) -> dict[str, dict[str, Any]]:
+    names = sorted(
+        {m["name"] for m in masks if m["name"]} | {s["name"] for s in skips if s["name"]}
+    )
+    annotators = {}
+    for name in names:
+        theirs = [m for m in masks if m["name"] == name]
+        on_finished = [m for m in theirs if m["image_id"] in image_version]
+        annotators[name] = _figures(
+            theirs,
+            sum(s["name"] == name for s in skips),
+            on_finished,
+            len({m["image_id"] for m in on_finished}),
+        )
+    return annotators
+
+
+def _per_stage(masks: list[Any], finished: list[Any]) -> dict[int, dict[str, Any]]:
+    """The images finished in each stage and their masks (no skipped objects: those are
+    not tied to an image's stage)."""
+    stages = {}
+    for stage in sorted({row["stage"] for row in finished}):
+        ids = {row["image_id"] for row in finished if row["stage"] == stage}
+        on_stage = [m for m in masks if m["image_id"] in ids]
+        stages[stage] = _figures(on_stage, 0, on_stage, len(ids))
+        del stages[stage]["skipped_objects"], stages[stage]["skipped_share"]
+    return stages
+
+
 def _detector(campaign: Campaign) -> dict[str, Any] | None:
     """The campaign's detector: its file and held-out metrics (None without one)."""
-    from engine.campaigns.prefill import campaign_detector
     from engine.detection.registry import resolve_detector_reference
     from stages.semi import DetectorFileError, load_detector
 
@@ -110,7 +111,7 @@ def _detector(campaign: Campaign) -> dict[str, Any] | None:
         path = resolve_detector_reference(reference)
         _, metadata = load_detector(path)
     except (DetectorFileError, OSError, ValueError) as error:
-        return {"file": reference, "error": str(error).splitlines()[0]}
+        return {"file": reference, "error": first_line(error)}
     metrics = metadata.metrics
     return {
         "file": path,
@@ -128,15 +129,11 @@ def _figures(
 ) -> dict[str, Any]:
     """made: masks made with the version (or by the annotator); on_finished: the masks of
     the images finished under it."""
-    manual = [m for m in made if m["origin"] == MANUAL and m["state"] == ACCEPTED]
-    added = [m for m in on_finished if m["origin"] == MANUAL and m["state"] == ACCEPTED]
-    current = [
-        m
-        for m in on_finished
-        if (m["origin"] == MANUAL and m["state"] == ACCEPTED) or m["state"] in (KEPT, PROPOSED)
-    ]
-    prefilled = [m for m in on_finished if m["origin"] == PREFILLED]
-    kept = [m for m in prefilled if m["state"] in (KEPT, PROPOSED)]
+    manual = [m for m in made if _accepted(m)]
+    added = [m for m in on_finished if _accepted(m)]
+    current = [m for m in on_finished if _accepted(m) or m["state"] in KEPT_STATES]
+    prefilled = [m for m in on_finished if m["origin"] == MaskOrigin.PREFILLED]
+    kept = [m for m in prefilled if m["state"] in KEPT_STATES]
     return {
         "manual_masks": len(manual),
         "finished_images": finished_images,
@@ -156,8 +153,15 @@ def _figures(
         "skipped_share": skipped / (skipped + len(manual)) if skipped + len(manual) else None,
         "prefilled_share": len(kept) / len(current) if current else None,
         "prefilled_kept": len(kept),
-        "prefilled_rejected": sum(m["state"] == REJECTED for m in prefilled),
+        "prefilled_rejected": sum(m["state"] == MaskState.REJECTED for m in prefilled),
     }
+
+
+KEPT_STATES = (MaskState.KEPT, MaskState.PROPOSED)  # prefilled masks not rejected
+
+
+def _accepted(mask: Any) -> bool:
+    return bool(mask["origin"] == MaskOrigin.MANUAL and mask["state"] == MaskState.ACCEPTED)
 
 
 def format_stats(stats: dict[str, Any]) -> str:
@@ -216,7 +220,8 @@ def _stage_row(stage: int, row: dict[str, Any], width: int) -> str:
         str(row["prefilled_rejected"]),
         show(row["median_seconds_per_mask"], ".1f"),
     ]
-    name = {1: "stage 1 (manual)", 2: "stage 2 (semi)"}.get(int(stage), f"stage {stage}")
+    known = int(stage) in tuple(Stage)
+    name = f"stage {stage} ({Stage(stage).config_name})" if known else f"stage {stage}"
     label = f"{name} {row['finished_images']} img"
     return " ".join([label.ljust(width), *(f"{cell:>10}" for cell in cells)])
 

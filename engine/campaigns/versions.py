@@ -1,8 +1,12 @@
-"""The campaign's model versions: version 0 is the model it was created with, each promoted
-retraining round adds the next. Publishing a version exports its decoder for the browsers
-(ONNX, and a dynamically quantized variant) before its row is written, so a version the
-database names always has its decoder; the newest version is the current model, whose
-embeddings the embed job computes ahead of the queue."""
+"""The campaign's model versions and their embeddings' rows.
+
+Version 0 is the model the campaign was created with, each promoted retraining round adds
+the next. Publishing a version exports its decoder for the browsers (ONNX, and a
+dynamically quantized variant) before its row is written, so a version the database names
+always has its decoder; the newest version is the current model, whose embeddings the embed
+job computes ahead of the queue. An embedding's row (the model-input size it was computed
+at) is written after its file: the row is the commit marker.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,23 @@ from engine.campaigns.campaign import Campaign
 from engine.campaigns.db import now
 from engine.models import weights_sha256
 from model import Sam
+
+
+def current_model(db: sqlite3.Connection) -> str | None:
+    """The SHA-256 of the newest version (None before the first is published)."""
+    row = db.execute("SELECT sha256 FROM models ORDER BY version DESC LIMIT 1").fetchone()
+    return None if row is None else str(row["sha256"])
+
+
+def current_version(db: sqlite3.Connection) -> int | None:
+    version = db.execute("SELECT MAX(version) FROM models").fetchone()[0]
+    return None if version is None else int(version)
+
+
+def model_known(db: sqlite3.Connection, model_sha256: str) -> bool:
+    return (
+        db.execute("SELECT 1 FROM models WHERE sha256 = ?", (model_sha256,)).fetchone() is not None
+    )
 
 
 def model_config_row(db: sqlite3.Connection, model_sha256: str) -> dict[str, Any]:
@@ -40,11 +61,11 @@ def publish_model(
     sam: Sam = instantiate(model_config)
     sha = weights_sha256(sam)
     with campaign.db.read() as db:
-        known = db.execute("SELECT version FROM models WHERE sha256 = ?", (sha,)).fetchone()
-    if known is None:
+        known = model_known(db, sha)
+    if not known:
         export_decoders(campaign, sam, sha)
     with campaign.db.write() as db:
-        if db.execute("SELECT 1 FROM models WHERE sha256 = ?", (sha,)).fetchone() is None:
+        if not model_known(db, sha):
             version = db.execute("SELECT COALESCE(MAX(version) + 1, 0) FROM models").fetchone()[0]
             db.execute(
                 "INSERT INTO models (version, sha256, config, round, created) "
@@ -65,3 +86,56 @@ def export_decoders(campaign: Campaign, sam: Sam, model_sha256: str) -> None:
             quantized = quantize_decoder_onnx(plain, Path(folder) / "decoder.quant.onnx")
             path = campaign.decoder_path(model_sha256, quantized=True)
             campaign.storage.write_bytes(path, quantized.read_bytes())
+
+
+def insert_embedding(
+    db: sqlite3.Connection, image_id: int, model_sha256: str, input_hw: tuple[int, int]
+) -> None:
+    """The row of an embedding whose file is written (kept if it exists already)."""
+    db.execute(
+        "INSERT OR IGNORE INTO embeddings (image_id, model_sha256, input_h, input_w, created) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (image_id, model_sha256, int(input_hw[0]), int(input_hw[1]), now()),
+    )
+
+
+def record_embedding(
+    campaign: Campaign, model_sha256: str, image_id: int, result: tuple[int, int] | str
+) -> bool:
+    """The commit marker of one embedding (False: it failed, nothing recorded)."""
+    if isinstance(result, str):
+        return False
+    with campaign.db.write() as db:
+        insert_embedding(db, image_id, model_sha256, result)
+    return True
+
+
+def embedding_size(
+    db: sqlite3.Connection, image_id: int, model_sha256: str
+) -> tuple[int, int] | None:
+    """The model-input size (h, w) of the image's embedding for the model; None when that
+    embedding is not computed yet."""
+    row = db.execute(
+        "SELECT input_h, input_w FROM embeddings WHERE image_id = ? AND model_sha256 = ?",
+        (image_id, model_sha256),
+    ).fetchone()
+    return None if row is None else (int(row["input_h"]), int(row["input_w"]))
+
+
+def newest_embedded_version(db: sqlite3.Connection, image_id: int) -> sqlite3.Row | None:
+    """The newest model version with an embedding of the image: sha256, version, input_h,
+    input_w (None when there is none)."""
+    row: sqlite3.Row | None = db.execute(
+        "SELECT m.sha256, m.version, e.input_h, e.input_w FROM embeddings e "
+        "JOIN models m ON m.sha256 = e.model_sha256 WHERE e.image_id = ? "
+        "ORDER BY m.version DESC LIMIT 1",
+        (image_id,),
+    ).fetchone()
+    return row
+
+
+def count_embeddings(db: sqlite3.Connection, model_sha256: str | None) -> int:
+    row = db.execute(
+        "SELECT COUNT(*) FROM embeddings WHERE model_sha256 = ?", (model_sha256,)
+    ).fetchone()
+    return int(row[0])

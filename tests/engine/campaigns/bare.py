@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from engine.campaigns.campaign import CONFIG_FILE, Campaign
 from engine.campaigns.db import DB_FILE, Database
+from engine.campaigns.state import ImageStatus, Stage
 
 MODEL_SHA = "ab" * 32
 OTHER_SHA = "cd" * 32
@@ -30,6 +31,7 @@ def bare_campaign(
         "embed": {"ahead": 2, "poll_s": 0.1},
     }
     (folder / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    height, width = size_hw
     database = Database(folder / DB_FILE)
     database.create_schema()
     with database.write() as db:
@@ -40,9 +42,17 @@ def bare_campaign(
         )
         db.executemany(
             "INSERT INTO images (image_id, key, source, stage, status, width, height) "
-            "VALUES (?, ?, ?, 1, 'queued', ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                (i, f"sa_{i}", f"/photos/{i}.jpg", size_hw[1], size_hw[0])
+                (
+                    i,
+                    f"sa_{i}",
+                    f"/photos/{i}.jpg",
+                    Stage.ASSISTED,
+                    ImageStatus.QUEUED,
+                    width,
+                    height,
+                )
                 for i in range(1, num_images + 1)
             ],
         )

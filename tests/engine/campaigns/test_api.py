@@ -19,6 +19,7 @@ from engine.campaigns.campaign import Campaign
 from engine.campaigns.client import CampaignClient
 from engine.campaigns.prefill import set_campaign_detector
 from engine.campaigns.server_process import start_server
+from engine.campaigns.state import served_names
 from engine.embeddings import from_npy_bytes, to_npy_bytes
 from tests.engine.campaigns.bare import MODEL_SHA, add_embedding, bare_campaign
 from tests.engine.campaigns.test_queue_and_masks import _rle, _square
@@ -73,6 +74,14 @@ def test_every_call_needs_a_known_token(served) -> None:
         headers = client.get("/api/health").headers
         assert headers["cross-origin-opener-policy"] == "same-origin"
         assert headers["cross-origin-embedder-policy"] == "require-corp"
+
+
+def test_the_caller_and_the_campaign_s_names(served) -> None:
+    campaign, url, tokens = served
+    with _client(url, tokens["ana"]) as ana:
+        me = ana.get("/api/me").json()
+    assert (me["name"], me["role"]) == ("ana", "annotator")
+    assert me["names"] == served_names() and me["names"]["stage"]["SEMI"] == 2
 
 
 def test_only_the_leaseholder_reads_an_image(served) -> None:

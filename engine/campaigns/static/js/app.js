@@ -7,6 +7,7 @@ import { workSize } from "./geometry.js";
 import { bindPointer } from "./input.js";
 import { bindKeys, renderHelp } from "./keys.js";
 import { acceptedEntry, pendingEntry, storedEntry } from "./masks.js";
+import { names } from "./names.js";
 import { Outbox } from "./outbox.js";
 import { MaskPanel } from "./panel.js";
 import { LeaseSession } from "./session.js";
@@ -126,11 +127,13 @@ export class App {
       .pendingMasks(imageId)
       .map((item) => pendingEntry(item, this.outbox.held.includes(item)));
     this.panel.reset([
-      ...lease.masks.filter((m) => m.state !== "rejected").map(storedEntry),
+      ...lease.masks.filter((m) => m.state !== names.mask_state.REJECTED).map(storedEntry),
       ...pending,
     ]);
     const about =
-      stage === 2 ? "stage 2: prefilled masks are locked; add what is missing" : "stage 1";
+      stage === names.stage.SEMI
+        ? `stage ${stage}: prefilled masks are locked; add what is missing`
+        : `stage ${stage}`;
     this.el("image-info").textContent = `${key} · ${width}×${height} · ${about}`;
     Object.assign(document.body.dataset, { image: String(imageId), lease: lease.lease_id });
   }
@@ -299,7 +302,7 @@ export class App {
   removeMask(entry) {
     if (!entry || !this.lease) return;
     const change = { lease_id: this.lease.lease_id, image_id: this.lease.image.image_id };
-    if (entry.origin === "prefilled")
+    if (entry.origin === names.mask_origin.PREFILLED)
       this.outbox.push({ kind: "reject", mask_id: entry.maskId, ...change });
     else if (entry.maskId) this.outbox.push({ kind: "delete", mask_id: entry.maskId, ...change });
     else if (!this.outbox.cancel(entry.clientId))
@@ -312,7 +315,7 @@ export class App {
     if (!entry) return this.notice("Select a mask first (Alt+click it, or n).");
     if (entry.origin !== origin) {
       const hint =
-        origin === "manual"
+        origin === names.mask_origin.MANUAL
           ? "Prefilled masks are rejected (x), not deleted."
           : "Only prefilled masks are rejected; delete your own (Delete).";
       return this.notice(hint);
@@ -379,8 +382,8 @@ export class App {
       sizeDown: () => bench.setBrushSize(bench.brushSize / 1.25),
       sizeUp: () => bench.setBrushSize(bench.brushSize * 1.25 + 0.5),
       selectNext: () => this.panel.selectNext(),
-      deleteMask: () => this.removeSelected("manual"),
-      rejectPrefilled: () => this.removeSelected("prefilled"),
+      deleteMask: () => this.removeSelected(names.mask_origin.MANUAL),
+      rejectPrefilled: () => this.removeSelected(names.mask_origin.PREFILLED),
       finishImage: () => this.endImage("finish"),
       skipImage: () => this.endImage("skip_image"),
       toggleMasks: () => this.el("masks-layer").classList.toggle("hidden"),

@@ -5,6 +5,7 @@
 
 import { Api, ApiError, Offline } from "./api.js";
 import { App } from "./app.js";
+import { useNames } from "./names.js";
 import { showConnection } from "./status.js";
 
 const TOKEN_KEY = "saengine.token";
@@ -42,7 +43,9 @@ async function signIn(token) {
     if (ok && !online) outbox?.flush();
     online = ok;
   });
-  return { api, annotator: await api.get("api/me") };
+  const annotator = await api.get("api/me");
+  useNames(annotator.names);
+  return { api, annotator };
 }
 
 function askForToken(problem = "") {

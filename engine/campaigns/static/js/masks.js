@@ -4,6 +4,7 @@
 
 import { decodeCrop } from "./rle.js";
 import { escapeHtml } from "./keys.js";
+import { names } from "./names.js";
 import { paintCrop } from "./raster.js";
 
 const PALETTE = [
@@ -56,7 +57,13 @@ export function acceptedEntry(clientId, mask, height, width) {
   for (let y = 0; y < crop.height; y += 1) {
     crop.data.set(mask.subarray((y0 + y) * width + x0, (y0 + y) * width + x1 + 1), y * crop.width);
   }
-  return { key: `c${clientId}`, clientId, origin: "manual", state: "sending", crop };
+  return {
+    key: `c${clientId}`,
+    clientId,
+    origin: names.mask_origin.MANUAL,
+    state: "sending",
+    crop,
+  };
 }
 
 /** Repaint the masks layer (a canvas at the stored size) with the entries. */
@@ -64,7 +71,7 @@ export function paintMasks(canvas, entries, selectedKey) {
   const context = canvas.getContext("2d");
   const image = context.createImageData(canvas.width, canvas.height);
   entries.forEach((entry, index) => {
-    const prefilled = entry.origin === "prefilled";
+    const prefilled = entry.origin === names.mask_origin.PREFILLED;
     const rgb = prefilled ? PREFILLED : PALETTE[index % PALETTE.length];
     const selected = entry.key === selectedKey;
     const fill = [...rgb, selected ? 170 : 110];
@@ -100,7 +107,7 @@ export function renderMaskList(element, entries, selectedKey, handlers) {
 
 function maskRow(entry, index, selectedKey, handlers) {
   const row = document.createElement("li");
-  const prefilled = entry.origin === "prefilled";
+  const prefilled = entry.origin === names.mask_origin.PREFILLED;
   const rgb = prefilled ? PREFILLED : PALETTE[index % PALETTE.length];
   row.className = `mask-row ${entry.origin} ${entry.state}${entry.key === selectedKey ? " selected" : ""}`;
   row.dataset.key = entry.key;

@@ -1,0 +1,31 @@
+"""The service and its people: health (no token), the caller with the campaign's names
+(`state.served_names`: the page uses them instead of spelling states itself), and the
+statistics of `saengine campaign stats` (admins only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from engine.campaigns.api.access import Admin, Served, Who
+from engine.campaigns.state import served_names
+
+router = APIRouter()
+
+
+@router.get("/api/health")
+def health(campaign: Served) -> dict[str, Any]:
+    return {"ok": True, "campaign": campaign.dir.name}
+
+
+@router.get("/api/me")
+def me(who: Who) -> dict[str, Any]:
+    return {"name": who.name, "role": who.role, "names": served_names()}
+
+
+@router.get("/api/stats")
+def stats(campaign: Served, who: Admin) -> dict[str, Any]:
+    from engine.campaigns.stats import campaign_stats
+
+    return campaign_stats(campaign)

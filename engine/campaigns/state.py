@@ -1,0 +1,106 @@
+"""The campaign's names: every state a row of the database can be in, with one definition each.
+
+The database stores these values; the Python modules bind them as SQL parameters (or build
+SQL from them), and the annotation page receives them with `/api/me` (`served_names`), so
+no module spells a state itself. An image's life: planned (listed, not decoded yet) ->
+queued -> leased -> done, or back to queued (lease expired, image skipped), or set_aside
+(skipped by `queue.max_image_skips` annotators); error when it cannot be used (decoding or
+its prefill failed). Stage-2 images are queued like the others but leasable only once
+prefilled (`engine.campaigns.queue`).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum, IntEnum
+from typing import Any
+
+
+class StoredName(str, Enum):
+    """A name as the database stores it: equal to, formatted as and bound as its value
+    (enum.StrEnum's behaviour, which Python 3.10 lacks)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class ImageStatus(StoredName):
+    PLANNED = "planned"
+    QUEUED = "queued"
+    LEASED = "leased"
+    DONE = "done"
+    ERROR = "error"
+    SET_ASIDE = "set_aside"
+
+
+class MaskOrigin(StoredName):
+    MANUAL = "manual"  # made by an annotator
+    PREFILLED = "prefilled"  # proposed by the stage-2 prefill job
+
+
+class MaskState(StoredName):
+    ACCEPTED = "accepted"  # manual, current
+    DELETED = "deleted"  # manual, deleted by its annotator
+    PROPOSED = "proposed"  # prefilled, its image not finished yet
+    KEPT = "kept"  # prefilled, not rejected when its image was finished
+    REJECTED = "rejected"  # prefilled, rejected by an annotator
+
+
+class Stage(IntEnum):
+    """The data engine's stages as the images table stores them; `config_name` is how
+    `campaign create stage=` and `campaign set-stage stage=` name them."""
+
+    ASSISTED = 1  # assisted-manual
+    SEMI = 2  # semi-automatic: prefilled masks first
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @property
+    def config_name(self) -> str:
+        return STAGE_CONFIG_NAMES[self]
+
+
+STAGE_CONFIG_NAMES = {Stage.ASSISTED: "manual", Stage.SEMI: "semi"}
+
+
+def stage_named(name: str) -> Stage:
+    """The stage a config calls `name` ("manual" or "semi"); ValueError for another name."""
+    for stage, config_name in STAGE_CONFIG_NAMES.items():
+        if config_name == name:
+            return stage
+    raise ValueError(f"stage must be one of {', '.join(STAGE_CONFIG_NAMES.values())}, got {name!r}")
+
+
+class RoundStatus(StoredName):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class EventKind(StoredName):
+    LEASE = "lease"
+    LEASE_EXPIRED = "lease_expired"
+    SKIP_OBJECT = "skip_object"
+    SKIP_IMAGE = "skip_image"
+    FINISH_IMAGE = "finish_image"
+    DELETE_MASK = "delete_mask"
+    REJECT_PREFILLED = "reject_prefilled"
+
+
+class Role(StoredName):
+    ANNOTATOR = "annotator"  # sees only the images leased to them
+    ADMIN = "admin"  # also statistics, and every image
+
+
+SERVED = (ImageStatus, MaskOrigin, MaskState, Stage, RoundStatus, EventKind, Role)
+
+
+def served_names() -> dict[str, dict[str, Any]]:
+    """The names for the page: {"mask_origin": {"MANUAL": "manual", ...}, "stage":
+    {"ASSISTED": 1, "SEMI": 2}, ...}, each group named after its class in snake case."""
+    return {_snake(names.__name__): {m.name: m.value for m in names} for names in SERVED}
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
