@@ -1,49 +1,266 @@
-"""`saengine`: the project's one command. Subcommands take Hydra overrides (key=value).
+"""`saengine`: the project's one command. Every command takes Hydra overrides (key=value);
+`saengine <command> --help` lists its options with their defaults.
 
-saengine generate input=<dir|glob|list|tar> output=<dir> [model=vit_h model.checkpoint=..]
-saengine inspect <output> [pictures=true]
-saengine export-onnx model=<name> output=<file.onnx> [quantize=true]
+    saengine generate input=<dir|glob|list|tar> output=<dir> [model=vit_h model.checkpoint=..]
+    saengine inspect <dataset> [pictures=true]
+    saengine export <dataset> format=<coco|yolo-seg|cvat|labelstudio> output=<path>
+    saengine synth output=<dir> [num_images=256 split=train]
+    saengine train data=[<dataset>, ...] output=<dir>
+    saengine evaluate checkpoint=<file> data=[<dataset>, ...]
+    saengine round registry=<dir> data=[<dataset>, ...] eval_data=[...]
+    saengine export-onnx model=<name> output=<file.onnx> [quantize=true]
+    saengine campaign create <dir> input=<images> [model=bundled]
+    saengine campaign status <dir>
+    saengine campaign add-annotator <dir> name=<name> [role=admin]
+    saengine campaign embed <dir> [follow=true]
+    saengine campaign serve <dir> [port=8000]
+    saengine campaign simulate <dir> truth=<dataset> [annotators=4]
+    saengine campaign set-stage <dir> stage=semi detector=<file>
+    saengine campaign prefill <dir>
+    saengine campaign round <dir>
+    saengine campaign export <dir> output=<dir>
+    saengine campaign stats <dir> [json=true]
+    saengine detector train data=[...] eval_data=[...] output=<dir>
+    saengine detector evaluate checkpoint=<file> data=[...]
+    saengine detector round registry=<dir> data=[...] eval_data=[...]
+
+Commands are registered in `COMMANDS` (one `engine.config.Command` each: name, summary,
+config file, the function that runs it); groups of sub-commands in `GROUPS`.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import sys
 import tempfile
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from engine.config import Command, dataclass_node
 from engine.config import compose_config as _compose
 from engine.errors import UsageError, first_line
-from stages.automatic import PRESETS
 
-USAGE = """usage: saengine <command> [key=value ...]
 
-SA Data Engine: SAM mask generation jobs that write SA-1B-format datasets.
+@dataclass(frozen=True)
+class Group:
+    """Commands named `<group> <sub-command>`: a one-line summary, a longer description for
+    the group's help; `setup` (`module:function`) runs before any of them."""
 
-commands:
-  generate   run the automatic mask generator over images into an SA-1B dataset (on Ray)
-  inspect    verify a dataset and print its statistics (pictures=true for plots)
-  synth      write synthetic scenes with exact masks as an SA-1B dataset
-  train      train SAM on SA-1B-format data with the paper's interactive recipe
-  evaluate   a model's held-out metrics (1-point mIoU, clicks, generator recall)
-  round      one retraining round: train, evaluate, register, promote if better
-  campaign   annotation campaigns: create, serve, embed, simulate, round, export, stats
-  export-onnx  the browser decoder (prompts -> masks) as ONNX, optionally quantized
-  detector   stage 2's box detector on SAM embeddings: train, evaluate, round
+    summary: str
+    description: str
+    setup: str | None = None
 
-Options are Hydra overrides (key=value, see `saengine <command> --help`), for example:
+
+GROUPS: dict[str, Group] = {
+    "campaign": Group(
+        "annotation campaigns: create, serve, embed, simulate, round, export, stats",
+        "Annotation campaigns (stage 1 assisted-manual, stage 2 semi-automatic): a queue of\n"
+        "images, embeddings computed ahead on Ray, the decoder in the annotators' browsers,\n"
+        "masks with their prompts and timings, retraining rounds triggered by collected masks.",
+        setup="engine.campaigns.serve:end_with_parent",
+    ),
+    "detector": Group(
+        "stage 2's box detector on SAM embeddings: train, evaluate, round",
+        "Stage 2's class-agnostic box detector on SAM embeddings.",
+    ),
+}
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "generate",
+        "run the automatic mask generator over images into an SA-1B dataset (on Ray)",
+        "generate",
+        "engine.generation.job:run_generate",
+        raw_overrides=True,
+    ),
+    Command(
+        "inspect",
+        "verify a dataset and print its statistics (pictures=true for plots)",
+        "inspect",
+        "engine.dataset.inspect:run_inspect",
+        positional="path",
+    ),
+    Command(
+        "export",
+        "an SA-1B dataset as COCO, YOLO-seg, CVAT or Label Studio labels",
+        "export",
+        "engine.dataset.formats.command:run_export",
+        positional="dataset",
+    ),
+    Command(
+        "synth",
+        "write synthetic scenes with exact masks as an SA-1B dataset",
+        "synth",
+        "engine.training.synthetic:run_synth",
+    ),
+    Command(
+        "train",
+        "train SAM on SA-1B-format data with the paper's interactive recipe",
+        "train",
+        "engine.training.commands:run_train",
+    ),
+    Command(
+        "evaluate",
+        "a model's held-out metrics (1-point mIoU, clicks, generator recall)",
+        "evaluate",
+        "engine.training.commands:run_evaluate",
+    ),
+    Command(
+        "round",
+        "one retraining round: train, evaluate, register, promote if better",
+        "round",
+        "engine.training.commands:run_round_command",
+    ),
+    Command(
+        "export-onnx",
+        "the browser decoder (prompts -> masks) as ONNX, optionally quantized",
+        "export_onnx",
+        "engine.models:run_export_onnx",
+    ),
+    Command(
+        "campaign create",
+        "plan the images of input=... and publish the first model (prints the admin token)",
+        "campaign",
+        "engine.campaigns.commands:create",
+        positional="dir",
+    ),
+    Command(
+        "campaign status",
+        "images by state, embeddings, masks, annotators, model versions, rounds",
+        "campaign_status",
+        "engine.campaigns.commands:status",
+        positional="dir",
+    ),
+    Command(
+        "campaign add-annotator",
+        "name=<name> [role=admin]: a new annotator's token",
+        "campaign_add_annotator",
+        "engine.campaigns.commands:add_annotator",
+        positional="dir",
+    ),
+    Command(
+        "campaign embed",
+        "compute embeddings with the current model on Ray (follow=true: keep ahead)",
+        "campaign_embed",
+        "engine.campaigns.commands:embed",
+        positional="dir",
+    ),
+    Command(
+        "campaign serve",
+        "the API and annotation page (host=, port=), with embed job and rounds beside it",
+        "campaign_serve",
+        "engine.campaigns.commands:serve",
+        positional="dir",
+    ),
+    Command(
+        "campaign simulate",
+        "truth=<dataset> annotators=N: scripted annotators over the HTTP API",
+        "campaign_simulate",
+        "engine.campaigns.commands:simulate",
+        positional="dir",
+    ),
+    Command(
+        "campaign set-stage",
+        "stage=semi detector=<file>: images not yet annotated move to stage 2",
+        "campaign_set_stage",
+        "engine.campaigns.commands:set_stage",
+        positional="dir",
+    ),
+    Command(
+        "campaign prefill",
+        "stage 2: the detector's boxes -> SAM masks, stored as prefilled (on Ray)",
+        "campaign_prefill",
+        "engine.campaigns.commands:prefill",
+        positional="dir",
+    ),
+    Command(
+        "campaign round",
+        "one retraining round now (export, train, promote, switch model)",
+        "campaign_round",
+        "engine.campaigns.commands:round_now",
+        positional="dir",
+    ),
+    Command(
+        "campaign export",
+        "output=<dir>: the accepted masks as an SA-1B dataset",
+        "campaign_export",
+        "engine.campaigns.commands:export",
+        positional="dir",
+    ),
+    Command(
+        "campaign stats",
+        "masks per image, time and clicks per mask, skipped objects, per round",
+        "campaign_stats",
+        "engine.campaigns.commands:stats",
+        positional="dir",
+    ),
+    Command(
+        "detector train",
+        "train a detector on SA-1B-format data, evaluate it, choose its threshold",
+        "detector_train",
+        "engine.detection.commands:run_train",
+    ),
+    Command(
+        "detector evaluate",
+        "a detector's held-out metrics and precision/recall at its threshold",
+        "detector_evaluate",
+        "engine.detection.commands:run_evaluate",
+    ),
+    Command(
+        "detector round",
+        "the registry's next detector round: train, evaluate, register, promote",
+        "detector_round",
+        "engine.detection.commands:run_round",
+    ),
+)
+
+EXAMPLES = """examples:
   saengine generate input=photos/ output=out/ model=vit_h model.checkpoint=sam_vit_h_4b8939.pth
   saengine generate input=s3://bucket/images output=s3://bucket/dataset generator=sa1b
   saengine inspect out/ pictures=true
-  saengine export-onnx model=bundled output=decoder.onnx quantize=true
+  saengine campaign create camp/ input=photos/ model=bundled
 """
+
+
+def register_config_nodes() -> None:
+    """The config nodes built from Python defaults (one source of truth for each setting):
+    the generator presets, training, evaluation, annotator and prefill settings, the
+    detector's training settings and architecture."""
+    from hydra.core.config_store import ConfigStore
+
+    from engine.detection.commands import ARCHITECTURE_FROM_SAM
+    from engine.detection.trainer import DetectorTrainConfig
+    from engine.training.rounds import EvalSettings
+    from engine.training.trainer import TrainConfig
+    from stages.assisted.annotator import AnnotatorPolicy
+    from stages.automatic import PRESETS
+    from stages.semi.detector import DetectorConfig
+    from stages.semi.prefill import PrefillFilter
+
+    store = ConfigStore.instance()
+    for name, preset in PRESETS.items():
+        node = {key: value for key, value in asdict(preset).items() if key != "point_grids"}
+        if name in PRESET_IMAGES:  # the preset also sets how images are stored
+            node = {"generator": node, "images": PRESET_IMAGES[name]}
+            store.store(group="generator", name=name, node=node, package="_global_")
+        else:
+            store.store(group="generator", name=name, node=node)
+    train = dataclass_node(TrainConfig, required=("data", "output"))
+    store.store(name="train_settings", node=train)
+    store.store(name="annotator_policy", node=dataclass_node(AnnotatorPolicy))
+    store.store(name="eval_settings", node=dataclass_node(EvalSettings))
+    store.store(name="prefill_filter", node=dataclass_node(PrefillFilter))
+    detector_train = dataclass_node(DetectorTrainConfig, required=("data", "output"))
+    store.store(name="detector_train_settings", node=detector_train)
+    architecture = dataclass_node(DetectorConfig, skip=ARCHITECTURE_FROM_SAM)
+    store.store(name="detector_architecture", node=architecture)
 
 
 # Image settings that come with a generator preset: SA-1B's released images have faces and
@@ -51,185 +268,84 @@ Options are Hydra overrides (key=value, see `saengine <command> --help`), for ex
 PRESET_IMAGES: dict[str, dict[str, Any]] = {"sa1b": {"privacy": "blur"}}
 
 
-def _register_config_nodes() -> None:
-    """Nodes built from the Python defaults, so every default lives in one place:
-    the generator presets and the training settings."""
-    from hydra.core.config_store import ConfigStore
-
-    from engine.training.rounds import EvalSettings
-    from engine.training.trainer import TrainConfig
-    from stages.assisted.annotator import AnnotatorPolicy
-    from stages.semi.prefill import PrefillFilter
-
-    store = ConfigStore.instance()
-    for name, preset in PRESETS.items():
-        node = {key: value for key, value in asdict(preset).items() if key != "point_grids"}
-        if name in PRESET_IMAGES:  # the preset also sets how images are stored
-            store.store(
-                group="generator",
-                name=name,
-                node={"generator": node, "images": PRESET_IMAGES[name]},
-                package="_global_",
-            )
-        else:
-            store.store(group="generator", name=name, node=node)
-    train = {
-        f.name: (list(f.default) if isinstance(f.default, tuple) else f.default)
-        for f in fields(TrainConfig)
-        if f.name not in ("data", "output")
-    }
-    store.store(name="train_settings", node={"data": "???", "output": "???", **train})
-    store.store(name="annotator_policy", node=asdict(AnnotatorPolicy()))
-    store.store(name="eval_settings", node=asdict(EvalSettings()))
-    store.store(name="prefill_filter", node=asdict(PrefillFilter()))
-
-
-def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+def compose_config(config_name: str, overrides: list[str], *, complete: bool = True) -> DictConfig:
     """The composed config of a command, as `saengine <command> overrides...` sees it."""
-    _register_config_nodes()
-    return _compose(config_name, overrides)
+    register_config_nodes()
+    return _compose(config_name, overrides, complete=complete)
 
 
-def _command_help(config_name: str, args: list[str] | None = None) -> str:
-    if config_name == "detector":
-        from engine.detection.commands import detector_help
-
-        return detector_help(args or [])
-    text = resources.files("configs").joinpath(f"{config_name}.yaml").read_text()
-    groups = ""
-    models = sorted(
-        p.name[:-5]
-        for p in resources.files("configs").joinpath("model").iterdir()
-        if p.name.endswith(".yaml")
-    )
-    if config_name == "export_onnx":
-        groups = f"\nmodel=<{'|'.join(models)}>\n"
-    if config_name == "generate":
-        presets = ", ".join([*PRESETS, "demo"])
-        groups = (
-            f"\nmodel=<{'|'.join(models)}>   generator=<{presets.replace(', ', '|')}>\n"
-            "generator parameters (official names): "
-            + ", ".join(k for k in asdict(PRESETS["official"]) if k != "point_grids")
-            + "\n"
-        )
-    if config_name in ("train", "round"):
-        from engine.training.trainer import TrainConfig
-
-        prefix = "train." if config_name == "round" else ""
-        groups = "\ntraining settings (defaults):\n" + "".join(
-            f"  {prefix}{f.name}={f.default}\n" for f in fields(TrainConfig) if f.name != "data"
-        )
-    command = config_name.replace("_", "-")
-    return f"usage: saengine {command} key=value ...\n\n{text}{groups}"
+def usage() -> str:
+    width = max(len(c.name) for c in COMMANDS if " " not in c.name)
+    lines = [
+        "usage: saengine <command> [key=value ...]",
+        "",
+        "SA Data Engine: SAM mask generation jobs that write SA-1B-format datasets, annotation",
+        "campaigns and retraining rounds.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {c.name:<{width}}  {c.summary}" for c in COMMANDS if " " not in c.name]
+    lines += [f"  {name:<{width}}  {group.summary}" for name, group in GROUPS.items()]
+    lines += ["", "`saengine <command> --help` lists a command's options with their defaults.", ""]
+    return "\n".join(lines) + EXAMPLES
 
 
-def _generate(overrides: list[str]) -> None:
-    from engine.generation.job import run_generate
-
-    cfg = compose_config("generate", overrides)
-    run_generate(cfg, overrides)
-
-
-def _inspect(overrides: list[str]) -> None:
-    from engine.dataset.inspect import run_inspect
-
-    if overrides and "=" not in overrides[0]:
-        overrides = [f"path={overrides[0]}", *overrides[1:]]
-    cfg = compose_config("inspect", overrides)
-    if not run_inspect(cfg):
-        raise SystemExit(1)
-
-
-def _synth(overrides: list[str]) -> None:
-    from engine.training.synthetic import SceneOptions, write_synthetic_dataset
-
-    cfg = compose_config("synth", overrides)
-    shards = write_synthetic_dataset(
-        str(cfg.output),
-        num_images=int(cfg.num_images),
-        split=str(cfg.split),
-        seed=int(cfg.seed),
-        images_per_shard=int(cfg.images_per_shard),
-        options=SceneOptions(
-            size=int(cfg.size),
-            objects=(int(cfg.objects[0]), int(cfg.objects[1])),
-            min_area=int(cfg.min_area),
-            part_probability=float(cfg.part_probability),
-        ),
-    )
-    print(f"{cfg.num_images} synthetic {cfg.split} scenes in {len(shards)} shards -> {cfg.output}")
+def group_usage(name: str) -> str:
+    group = GROUPS[name]
+    members = [c for c in COMMANDS if c.name.startswith(name + " ")]
+    width = max(len(c.name) for c in members) - len(name) - 1
+    lines = [
+        f"usage: saengine {name} <command> [key=value ...]",
+        "",
+        group.description,
+        "",
+        "commands:",
+    ]
+    lines += [f"  {c.name[len(name) + 1 :]:<{width}}  {c.summary}" for c in members]
+    lines += ["", f"`saengine {name} <command> --help` lists a command's options.", ""]
+    return "\n".join(lines)
 
 
-def _train(overrides: list[str]) -> None:
-    from engine.training.commands import run_train
+def command_help(command: Command) -> str:
+    """The command's config file (its comments explain each option), the choices of its
+    config groups, and every option with its default as the composed config has it."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
 
-    run_train(compose_config("train", overrides))
-
-
-def _evaluate(overrides: list[str]) -> None:
-    from engine.training.commands import run_evaluate
-
-    run_evaluate(compose_config("evaluate", overrides))
-
-
-def _round(overrides: list[str]) -> None:
-    from engine.training.commands import run_round_command
-
-    run_round_command(compose_config("round", overrides))
-
-
-def _campaign(args: list[str]) -> None:
-    from engine.campaigns.commands import run_campaign_command
-
-    run_campaign_command(args, compose_config)
-
-
-def _export_onnx(overrides: list[str]) -> None:
-    from hydra.utils import instantiate
-
-    from engine.models import weights_sha256
-    from stages.assisted.onnx_export import (
-        ExportSettings,
-        check_output_path,
-        export_decoder_files,
+    register_config_nodes()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="configs", version_base=None):
+        cfg = compose(config_name=command.config, overrides=[], return_hydra_config=True)
+        loader = GlobalHydra.instance().config_loader()
+        choices = {
+            group: loader.get_group_options(group)
+            for group in cfg.hydra.runtime.choices
+            if not group.startswith("hydra")
+        }
+    values = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(values, dict)
+    values.pop("hydra")
+    positional = f" <{command.positional}>" if command.positional else ""
+    text = resources.files("configs").joinpath(f"{command.config}.yaml").read_text()
+    groups = "".join(f"{group}=<{'|'.join(names)}>\n" for group, names in choices.items())
+    flat = _flatten(values)
+    options = "".join(f"  {key}={_shown(value)}\n" for key, value in flat)
+    return (
+        f"usage: saengine {command.name}{positional} key=value ...\n\n{command.summary}\n\n"
+        f"{text}\n{groups}\noptions (defaults):\n{options}"
     )
 
-    cfg = compose_config("export_onnx", overrides)
-    settings = ExportSettings(
-        output=str(cfg.output),
-        quantize=cfg.quantize,
-        quantized_output=None if cfg.quantized_output is None else str(cfg.quantized_output),
-        opset=cfg.opset,
-    )
-    check_output_path(Path(settings.output))
-    sam = instantiate(cfg.model)
-    sha256 = weights_sha256(sam)
-    print(f"exporting the decoder of {cfg.model.name} (weights SHA-256 {sha256})", flush=True)
-    files = export_decoder_files(
-        sam, settings, model_name=str(cfg.model.name), weights_sha256=sha256
-    )
-    for label, path in (("fp32", files.fp32), ("quantized", files.quantized)):
-        if path is not None:
-            print(f"{label}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+def _shown(value: Any) -> str:
+    """A default as it is written on the command line (null, true, [a, b])."""
+    return value if isinstance(value, str) else json.dumps(value).replace('"', "")
 
 
-def _detector(overrides: list[str]) -> None:
-    from engine.detection.commands import run_detector_command
-
-    run_detector_command(overrides)
-
-
-COMMANDS: dict[str, tuple[str, Callable[[list[str]], None]]] = {
-    "generate": ("generate", _generate),
-    "inspect": ("inspect", _inspect),
-    "synth": ("synth", _synth),
-    "train": ("train", _train),
-    "evaluate": ("evaluate", _evaluate),
-    "round": ("round", _round),
-    "campaign": ("campaign", _campaign),
-    "export-onnx": ("export_onnx", _export_onnx),
-    "detector": ("detector", _detector),
-}
+def _flatten(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a plain config (a non-empty dict is a branch)."""
+    if not isinstance(node, dict) or not node:
+        return [(prefix.rstrip("."), node)]
+    return [item for key, value in node.items() for item in _flatten(value, f"{prefix}{key}.")]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -252,19 +368,40 @@ def main(argv: list[str] | None = None) -> None:
     os._exit(code)
 
 
+def find_command(args: list[str]) -> tuple[Command | None, list[str]]:
+    """The command the arguments name and the arguments after its name; (None, args) for a
+    group's own help. SystemExit(2) with a one-line message for an unknown name."""
+    by_name = {command.name: command for command in COMMANDS}
+    name = args[0]
+    if name in GROUPS:
+        if len(args) == 1 or args[1] in ("-h", "--help", "help"):
+            return None, args
+        sub = f"{name} {args[1]}"
+        if sub not in by_name:
+            known = ", ".join(c.name.split(" ", 1)[1] for c in COMMANDS if c.name.startswith(name))
+            _fail(f"unknown {name} command {args[1]!r}; commands: {known}")
+        return by_name[sub], args[2:]
+    if name not in by_name:
+        known = ", ".join([*(c.name for c in COMMANDS if " " not in c.name), *GROUPS])
+        _fail(f"unknown command {name!r}; commands: {known}")
+    return by_name[name], args[1:]
+
+
 def _main(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(usage())
         return
-    command, rest = args[0], args[1:]
-    if command not in COMMANDS:
-        _fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
-    config_name, run = COMMANDS[command]
-    if command != "campaign" and any(arg in ("-h", "--help") for arg in rest):
-        print(_command_help(config_name, rest))
+    command, rest = find_command(args)
+    if command is None:
+        print(group_usage(args[0]))
         return
+    if any(arg in ("-h", "--help") for arg in rest):
+        print(command_help(command))
+        return
+    if command.positional and rest and "=" not in rest[0]:
+        rest = [f"{command.positional}={rest[0]}", *rest[1:]]
     try:
-        run(rest)
+        _run(command, rest)
     except KeyboardInterrupt:
         _fail("interrupted; committed shards are kept, rerun the same command to resume", 130)
     except Exception as error:  # noqa: BLE001 - every error ends in a one-line message
@@ -274,14 +411,31 @@ def _main(args: list[str]) -> None:
         _fail(f"internal error: {first_line(error)} (full traceback in {log})", 1)
 
 
+def _run(command: Command, overrides: list[str]) -> None:
+    group = GROUPS.get(command.name.split(" ")[0])
+    if group is not None and group.setup:
+        _function(group.setup)()
+    cfg = compose_config(command.config, overrides)
+    run = _function(command.run)
+    result = run(cfg, overrides) if command.raw_overrides else run(cfg)
+    if result is False:  # the command found problems and said so
+        raise SystemExit(1)
+
+
+def _function(reference: str) -> Callable[..., Any]:
+    module, _, name = reference.partition(":")
+    function: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    return function
+
+
 def _is_user_error(error: BaseException) -> bool:
     from engine.campaigns.campaign import CampaignError
+    from engine.dataset.reader import DatasetError
     from engine.generation.job import JobError
     from engine.generation.lock import LockError
     from engine.images import ImageDecodeError
     from engine.registry import RegistryError
     from engine.sources import InputError
-    from engine.training.reader import TrainingDataError
     from model.checkpoint import CheckpointError
 
     known: tuple[type[BaseException], ...] = (
@@ -291,7 +445,7 @@ def _is_user_error(error: BaseException) -> bool:
         InputError,
         CheckpointError,
         ImageDecodeError,
-        TrainingDataError,
+        DatasetError,
         RegistryError,
         LockError,
         ValueError,

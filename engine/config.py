@@ -58,11 +58,11 @@ def compose_config(config_name: str, overrides: list[str], *, complete: bool = T
     try:
         with initialize_config_module(config_module="configs", version_base=None):
             cfg = compose(config_name=config_name, overrides=overrides)
-        missing = sorted(OmegaConf.missing_keys(cfg))
-        if complete and missing:
-            hint = " ".join(f"{key}=..." for key in missing)
-            raise UsageError(f"missing required option(s): {', '.join(missing)} (give {hint})")
         if complete:
+            missing = sorted(OmegaConf.missing_keys(cfg))
+            if missing:
+                hint = " ".join(f"{key}=..." for key in missing)
+                raise UsageError(f"missing required option(s): {', '.join(missing)} (give {hint})")
             OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as error:
         raise UsageError(first_line(error)) from error

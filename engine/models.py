@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
 from engine.registry import resolve_registry_reference
 from model import Sam, build_sam
@@ -65,3 +66,31 @@ def weights_sha256(sam: torch.nn.Module) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+def run_export_onnx(cfg: DictConfig) -> None:
+    """`saengine export-onnx`: the browser decoder of the composed model as ONNX files."""
+    from hydra.utils import instantiate
+
+    from stages.assisted.onnx_export import (
+        ExportSettings,
+        check_output_path,
+        export_decoder_files,
+    )
+
+    settings = ExportSettings(
+        output=str(cfg.output),
+        quantize=cfg.quantize,
+        quantized_output=None if cfg.quantized_output is None else str(cfg.quantized_output),
+        opset=cfg.opset,
+    )
+    check_output_path(Path(settings.output))
+    sam = instantiate(cfg.model)
+    sha256 = weights_sha256(sam)
+    print(f"exporting the decoder of {cfg.model.name} (weights SHA-256 {sha256})", flush=True)
+    files = export_decoder_files(
+        sam, settings, model_name=str(cfg.model.name), weights_sha256=sha256
+    )
+    for label, path in (("fp32", files.fp32), ("quantized", files.quantized)):
+        if path is not None:
+            print(f"{label}: {path} ({path.stat().st_size / 1e6:.1f} MB)")

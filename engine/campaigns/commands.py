@@ -1,11 +1,12 @@
-"""`saengine campaign <command> <dir> key=value ...`: the campaign commands."""
+"""`saengine campaign <command> <dir> key=value ...`: the campaign commands, each a function
+of its composed config (registered in `engine.cli`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable
-from importlib import resources
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,75 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from engine.campaigns.campaign import Campaign, CampaignError
+from engine.campaigns.jobs import JobTally
 from engine.campaigns.state import Role, stage_named
 from engine.config import plain
-
-USAGE = """usage: saengine campaign <command> <dir> [key=value ...]
-
-Annotation campaigns (stage 1 assisted-manual, stage 2 semi-automatic): a queue of images,
-embeddings computed ahead on Ray, the decoder in the annotators' browsers, masks with their
-prompts and timings, retraining rounds triggered by collected masks.
-
-commands:
-  create          plan the images of input=... and publish the first model (prints the admin token)
-  status          images by state, embeddings, masks, annotators, model versions, rounds
-  add-annotator   name=<name> [role=admin]: a new annotator's token
-  embed           compute embeddings with the current model on Ray (follow=true: keep ahead)
-  serve           the API and annotation page (host=, port=), with embed job and rounds beside it
-  simulate        truth=<dataset> annotators=N: scripted annotators over the HTTP API
-  set-stage       stage=semi detector=<file>: images not yet annotated move to stage 2
-  prefill         stage 2: the detector's boxes -> SAM masks, stored as prefilled (on Ray)
-  round           one retraining round now (export, train, promote, switch model)
-  export          output=<dir>: the accepted masks as an SA-1B dataset
-  stats           masks per image, time and clicks per mask, skipped objects, per round
-
-`saengine campaign <command> --help` shows a command's options.
-"""
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
-def run_campaign_command(args: list[str], compose: Callable[[str, list[str]], DictConfig]) -> None:
-    if not args or args[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return
-    name, rest = args[0], args[1:]
-    if name not in COMMANDS:
-        raise CampaignError(f"unknown campaign command {name!r}; commands: {', '.join(COMMANDS)}")
-    config_name = "campaign" if name == "create" else f"campaign_{name.replace('-', '_')}"
-    if any(arg in ("-h", "--help") for arg in rest):
-        text = resources.files("configs").joinpath(f"{config_name}.yaml").read_text()
-        print(f"usage: saengine campaign {name} <dir> key=value ...\n\n{text}{_defaults(name)}")
-        return
-    if rest and "=" not in rest[0]:
-        rest = [f"dir={rest[0]}", *rest[1:]]
-    from engine.campaigns.serve import end_with_parent
-
-    end_with_parent()
-    COMMANDS[name](compose(config_name, rest))
-
-
-def _defaults(name: str) -> str:
-    """The settings a command's config takes from Python defaults, listed for --help."""
-    from dataclasses import fields
-
-    if name == "simulate":
-        from stages.assisted.annotator import AnnotatorPolicy
-
-        prefix, settings = "annotator.", fields(AnnotatorPolicy)
-    elif name == "create":
-        from engine.training.trainer import TrainConfig
-
-        prefix, settings = "rounds.train.", fields(TrainConfig)
-    else:
-        return ""
-    listed = "".join(
-        f"  {prefix}{f.name}={f.default}\n" for f in settings if f.name not in ("data", "output")
-    )
-    return f"\nsettings (defaults):\n{listed}"
-
-
-def _create(cfg: DictConfig) -> None:
+def create(cfg: DictConfig) -> None:
     from engine.campaigns.plan import create_campaign
 
     campaign, token = create_campaign(cfg)
@@ -94,7 +34,7 @@ def _create(cfg: DictConfig) -> None:
     )
 
 
-def _status(cfg: DictConfig) -> None:
+def status(cfg: DictConfig) -> None:
     print(status_text(Campaign(str(cfg.dir))))
 
 
@@ -131,67 +71,64 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{value} {key}" for key, value in sorted(counts.items()))
 
 
-def _add_annotator(cfg: DictConfig) -> None:
+def add_annotator(cfg: DictConfig) -> None:
     from engine.campaigns.auth import add_annotator
 
     token = add_annotator(Campaign(str(cfg.dir)), str(cfg.name), role=str(cfg.role))
     print(token)
 
 
-def _embed(cfg: DictConfig) -> None:
-    from engine.campaigns.embed import EmbedReport, run_embed
+def embed(cfg: DictConfig) -> None:
+    from engine.campaigns.embed import run_embed
 
     campaign = Campaign(str(cfg.dir))
-    merged = _job_config(campaign, cfg)
     follow = bool(cfg.follow)
     ahead = (
         cfg.ahead if cfg.ahead is not None else (campaign.config.embed.ahead if follow else None)
     )
-    bar = tqdm(desc="embed", unit="img", disable=not bool(cfg.progress), dynamic_ncols=True)
-
-    def progress(report: EmbedReport, todo: int) -> None:
-        if todo:
-            bar.total = (bar.total or 0) + todo
-            bar.refresh()
-        else:
-            bar.update(1)
-            bar.set_postfix_str(f"{report.failed} failed", refresh=False)
-
-    with bar:
-        report = run_embed(
+    with _job_progress("embed", bool(cfg.progress)) as progress:
+        tally = run_embed(
             campaign,
-            merged,
+            _job_config(campaign, cfg),
             follow=follow,
             ahead=None if ahead is None else int(ahead),
             on_progress=progress,
         )
-    print(f"embedded {report.embedded} images ({report.failed} failed)")
+    print(f"embedded {tally.done} images ({len(tally.failed)} failed)")
 
 
-def _prefill(cfg: DictConfig) -> None:
+def prefill(cfg: DictConfig) -> None:
     from engine.campaigns.prefill import run_prefill
 
     campaign = Campaign(str(cfg.dir))
-    bar = tqdm(desc="prefill", unit="img", disable=not bool(cfg.progress), dynamic_ncols=True)
-
-    def progress(done: int, failed: int, todo: int) -> None:
-        if todo:
-            bar.total = done + failed + todo
-        bar.n = done + failed
-        bar.set_postfix_str(f"{failed} failed", refresh=True)
-
-    with bar:
-        done, failed = run_prefill(
+    with _job_progress("prefill", bool(cfg.progress)) as progress:
+        tally = run_prefill(
             campaign,
             _job_config(campaign, cfg),
             follow=bool(cfg.follow),
             detector=None if cfg.detector is None else str(cfg.detector),
             on_progress=progress,
         )
-    print(f"prefilled {done} images ({failed} failed)")
+    print(f"prefilled {tally.done} images ({len(tally.failed)} failed)")
 
 
-def _set_stage(cfg: DictConfig) -> None:
+@contextlib.contextmanager
+def _job_progress(name: str, enabled: bool) -> Iterator[Callable[[JobTally, int], None]]:
+    """A progress bar for a background job: rows found grow its total, each one done moves it."""
+    with tqdm(desc=name, unit="img", disable=not enabled, dynamic_ncols=True) as bar:
+
+        def progress(tally: JobTally, todo: int) -> None:
+            if todo:
+                bar.total = (bar.total or 0) + todo
+                bar.refresh()
+            else:
+                bar.update(1)
+                bar.set_postfix_str(f"{len(tally.failed)} failed", refresh=False)
+
+        yield progress
+
+
+def set_stage(cfg: DictConfig) -> None:
     from engine.campaigns.campaign import campaign_detector, set_campaign_detector
     from engine.campaigns.prefill import prefill_settings
     from engine.campaigns.queue import move_to_stage
@@ -224,7 +161,7 @@ def _job_config(campaign: Campaign, cfg: DictConfig) -> DictConfig:
     return merged
 
 
-def _serve(cfg: DictConfig) -> None:
+def serve(cfg: DictConfig) -> None:
     from engine.campaigns.page import vendor_problem
     from engine.campaigns.serve import serve
 
@@ -243,7 +180,7 @@ def _serve(cfg: DictConfig) -> None:
     )
 
 
-def _simulate(cfg: DictConfig) -> None:
+def simulate(cfg: DictConfig) -> None:
     from engine.campaigns.simulate import simulate
     from stages.assisted.annotator import AnnotatorPolicy
 
@@ -285,7 +222,7 @@ def _wait_for_rounds(campaign: Campaign) -> None:
         time.sleep(2)
 
 
-def _round(cfg: DictConfig) -> None:
+def round_now(cfg: DictConfig) -> None:
     from engine.campaigns.rounds import run_campaign_round
 
     campaign = Campaign(str(cfg.dir))
@@ -298,7 +235,7 @@ def _round(cfg: DictConfig) -> None:
         print(f"detector {detector['name']}: {state} ({detector['reason']})")
 
 
-def _export(cfg: DictConfig) -> None:
+def export(cfg: DictConfig) -> None:
     from engine.campaigns.export import export_dataset
 
     campaign = Campaign(str(cfg.dir))
@@ -315,7 +252,7 @@ def _export(cfg: DictConfig) -> None:
     )
 
 
-def _stats(cfg: DictConfig) -> None:
+def stats(cfg: DictConfig) -> None:
     from engine.campaigns.stats import campaign_stats, format_stats, plot_stats
 
     campaign = Campaign(str(cfg.dir))
@@ -327,18 +264,3 @@ def _stats(cfg: DictConfig) -> None:
         print(format_stats(stats))
     path = plot_stats(stats, Path(str(cfg.plot)) if cfg.plot else campaign.dir / "stats.png")
     print(f"plot: {path}")
-
-
-COMMANDS: dict[str, Callable[[DictConfig], None]] = {
-    "create": _create,
-    "status": _status,
-    "add-annotator": _add_annotator,
-    "embed": _embed,
-    "serve": _serve,
-    "simulate": _simulate,
-    "set-stage": _set_stage,
-    "prefill": _prefill,
-    "round": _round,
-    "export": _export,
-    "stats": _stats,
-}

@@ -15,41 +15,38 @@ prefilling as images arrive and switches to a newly published SAM version.
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Hashable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from engine.campaigns.campaign import Campaign, CampaignError, campaign_detector, exclusive
-from engine.campaigns.campaign import set_campaign_detector as set_campaign_detector  # moved
-from engine.campaigns.embed import run_bounded, store_embedding
+from engine.campaigns.campaign import Campaign, CampaignError, campaign_detector
+from engine.campaigns.embed import store_embedding
+from engine.campaigns.jobs import JobKind, JobTally, ModelJob, run_model_job
 from engine.campaigns.masks import mask_shape, record_prefill
 from engine.campaigns.queue import prefill_failed, waiting_for_prefill
-from engine.campaigns.versions import current_model, model_config_row
-from engine.cluster import ray_session
+from engine.campaigns.versions import current_model
 from engine.config import plain
 from engine.embeddings import Embedding, embed_image
-from engine.errors import first_line
-from engine.images import DecodedImage, ImageOptions
-from engine.sources import ImageSource
-from engine.workers.decode import Failure, decode_source
+from engine.images import DecodedImage
+from engine.workers.decode import Failure
 from engine.workers.model import ModelWorker
 from engine.workers.pool import Resources
 from model import SamPredictor
 from model.checkpoint import sha256_of
-from stages.automatic import GeneratorConfig
 from stages.semi.prefill import PrefillFilter, masks_from_boxes
 
 
 @dataclass(frozen=True)
 class PrefillSettings:
-    """detector: the detector file (or `<registry>/detector/latest`); score_thresh: the
-    detections kept (None: the detector's confident threshold); filter: the masks kept."""
+    """detector: the detector file (resolved from `<registry>/detector/latest` and the
+    like) and its SHA-256; score_thresh: the detections kept (None: the detector's confident
+    threshold); filter: the masks kept."""
 
     detector: str
+    detector_sha256: str
     score_thresh: float | None = None
     filter: PrefillFilter = PrefillFilter()
 
@@ -65,30 +62,17 @@ class PrefillWorker(ModelWorker):
     """A model worker that also holds the detector (and, when the detector was trained on
     another SAM's embeddings, that SAM's encoder for detection)."""
 
-    def __init__(
-        self,
-        *,
-        model_config: dict[str, Any],
-        settings: PrefillSettings,
-        device: str = "cpu",
-        threads: int | None = None,
-    ) -> None:
+    def __init__(self, *, settings: PrefillSettings, **worker: Any) -> None:
         from stages.semi import load_detector
 
-        super().__init__(
-            model_config=model_config,
-            generator_config=GeneratorConfig(),
-            device=device,
-            threads=threads,
-        )
+        super().__init__(**worker)
         if self.init_error:
             return
         self.settings = settings
-        self.detector, self.metadata = load_detector(settings.detector, device=device)
-        self.detector_sha256 = sha256_of(Path(settings.detector))
-        self.detection = self._detection_predictor(device)
+        self.detector, self.metadata = load_detector(settings.detector, device=self.device)
+        self.detection = self._detection_predictor()
 
-    def _detection_predictor(self, device: str) -> SamPredictor | None:
+    def _detection_predictor(self) -> SamPredictor | None:
         from hydra.utils import instantiate
 
         from engine.models import weights_sha256
@@ -98,36 +82,26 @@ class PrefillWorker(ModelWorker):
             return None
         if not self.metadata.sam_model:
             raise CampaignError("the detector does not say which SAM made its embeddings")
-        return SamPredictor(instantiate(self.metadata.sam_model).to(device))
+        return SamPredictor(instantiate(self.metadata.sam_model).to(self.device))
 
     def prefill(self, decoded: DecodedImage | Failure) -> PrefillResult | Failure:
-        if isinstance(decoded, Failure):
-            return decoded
+        return self.run_on(decoded, self._prefill, what="prefill")
+
+    def _prefill(self, image: DecodedImage) -> PrefillResult:
         from stages.semi import detect
 
-        started = time.perf_counter()
-        self.first_start = self.first_start or started
-        predictor = self.predictor
-        try:
-            embedding = embed_image(predictor, decoded.rgb)
-            features = embedding.array
-            if self.detection is not None:
-                features = embed_image(self.detection, decoded.rgb).array
-            boxes, scores = detect(
-                self.detector,
-                features,
-                original_size=decoded.size_hw,
-                score_thresh=self.settings.score_thresh,
-            )
-            kept = masks_from_boxes(predictor, boxes, scores, self.settings.filter)
-            return PrefillResult(embedding, [_mask_row(m) for m in kept], len(boxes))
-        except (RuntimeError, ValueError) as error:
-            return Failure(f"prefill failed: {first_line(error)}")
-        finally:
-            predictor.reset_image()
-            self.last_end = time.perf_counter()
-            self.busy_seconds += self.last_end - started
-            self.num_images += 1
+        embedding = embed_image(self.predictor, image.rgb)
+        features = embedding.array
+        if self.detection is not None:
+            features = embed_image(self.detection, image.rgb).array
+        boxes, scores = detect(
+            self.detector,
+            features,
+            original_size=image.size_hw,
+            score_thresh=self.settings.score_thresh,
+        )
+        kept = masks_from_boxes(self.predictor, boxes, scores, self.settings.filter)
+        return PrefillResult(embedding, [_mask_row(m) for m in kept], len(boxes))
 
 
 def _mask_row(prefilled: Any) -> dict[str, Any]:
@@ -173,91 +147,31 @@ def prefill_settings(campaign: Campaign, detector: str | None = None) -> Prefill
         raise CampaignError(f"detector not found: {resolved}")
     return PrefillSettings(
         detector=resolved,
+        detector_sha256=sha256_of(Path(resolved)),
         score_thresh=node.get("score_thresh"),
         filter=PrefillFilter(**(node.get("filter") or {})),
     )
 
 
-class PrefillJob:
-    """Prefill workers for one SAM version, and the tasks around them."""
-
-    def __init__(
-        self, campaign: Campaign, model_sha256: str, settings: PrefillSettings, resources: Resources
-    ) -> None:
-        import ray
-
-        with campaign.db.read() as db:
-            model_config = model_config_row(db, model_sha256)
-        device = "cuda" if resources.gpus_per_actor > 0 else "cpu"
-        actor: Any = ray.remote(
-            num_cpus=resources.cpus_per_actor,
-            num_gpus=resources.gpus_per_actor,
-            max_restarts=resources.max_restarts,
-            max_task_retries=3,
-        )(PrefillWorker)
-        self.workers: list[Any] = [
-            actor.remote(
-                model_config=model_config,
-                settings=settings,
-                device=device,
-                threads=max(1, int(resources.cpus_per_actor)),
-            )
-            for _ in range(resources.model_actors)
-        ]
-        identity = ray.get(self.workers[0].identity.remote())
-        if "error" in identity:
-            raise CampaignError(f"cannot load model {model_sha256[:12]}: {identity['error']}")
-        self.campaign, self.model_sha256, self.resources = campaign, model_sha256, resources
-        self.settings = settings
-        self.detector_sha256 = sha256_of(Path(settings.detector))
-        task: Any = ray.remote(num_cpus=resources.cpus_per_task, max_retries=3)
-        self.decode, self.split = task(decode_source), task(split_result)
-        self.options = ray.put(ImageOptions(max_short_side=None))
-
-    def run(self, rows: list[Any], on_done: Callable[[int, dict[str, Any] | str], None]) -> None:
-        def submit(row: Any, turn: int) -> Any:
-            url = self.campaign.storage.url(self.campaign.image_path(row["key"]))
-            decoded = self.decode.remote(
-                ImageSource(url, url), self.options, self.campaign.storage.options
-            )
-            result = self.workers[turn % len(self.workers)].prefill.remote(decoded)
-            return self.split.remote(self.campaign.storage, self.model_sha256, row["key"], result)
-
-        run_bounded(rows, submit, on_done, self.resources.in_flight)
-
-    def stop(self) -> None:
-        import ray
-
-        for worker in self.workers:
-            ray.kill(worker)
+def _record(campaign: Campaign, key: Hashable, image_id: int, result: Any) -> bool:
+    """Commit one image's prefill (False: it failed, and the image is marked so, or it was
+    prefilled already)."""
+    model_sha256, settings = cast(tuple[str, PrefillSettings], key)
+    if isinstance(result, str):
+        prefill_failed(campaign, image_id, result)
+        return False
+    return record_prefill(
+        campaign,
+        image_id,
+        result,
+        model_sha256=model_sha256,
+        detector_sha256=settings.detector_sha256,
+    )
 
 
-@dataclass
-class Tally:
-    done: int = 0
-    failures: set[int] = field(default_factory=set)
-
-
-def _recorder(
-    campaign: Campaign, job: PrefillJob, tally: Tally, on_progress: Callable[[int, int, int], None]
-) -> Callable[[int, dict[str, Any] | str], None]:
-    """What the job does with each image's result: commit it, or note the failure."""
-
-    def finished(image_id: int, result: dict[str, Any] | str) -> None:
-        if isinstance(result, str):
-            tally.failures.add(image_id)
-            prefill_failed(campaign, image_id, result)
-        elif record_prefill(
-            campaign,
-            image_id,
-            result,
-            model_sha256=job.model_sha256,
-            detector_sha256=job.detector_sha256,
-        ):
-            tally.done += 1
-        on_progress(tally.done, len(tally.failures), 0)
-
-    return finished
+PREFILL = JobKind(
+    name="prefill", worker_class=PrefillWorker, method="prefill", store=split_result, record=_record
+)
 
 
 def run_prefill(
@@ -266,27 +180,31 @@ def run_prefill(
     *,
     follow: bool,
     detector: str | None = None,
-    on_progress: Callable[[int, int, int], None] = lambda done, failed, todo: None,
-) -> tuple[int, int]:
-    """Prefill every stage-2 image not yet prefilled; returns (prefilled, failed)."""
-    resources = Resources(**OmegaConf.to_container(cfg.resources, resolve=True))  # type: ignore[arg-type]
-    tally = Tally()
-    parent = os.getppid()
-    with exclusive(campaign, "prefill"), ray_session(cfg):
-        job: PrefillJob | None = None
-        while True:
-            with campaign.db.read() as db:
-                model = current_model(db) or ""
-            settings = prefill_settings(campaign, detector)
-            if job is None or (job.model_sha256, job.settings) != (model, settings):
-                if job is not None:
-                    job.stop()
-                job = PrefillJob(campaign, model, settings, resources)
-            rows = [r for r in pending_prefill(campaign) if r["image_id"] not in tally.failures]
-            if rows:
-                on_progress(tally.done, len(tally.failures), len(rows))
-                job.run(rows, _recorder(campaign, job, tally, on_progress))
-                continue
-            if not follow or os.getppid() != parent:
-                return tally.done, len(tally.failures)
-            time.sleep(float(campaign.config.embed.poll_s))
+    on_progress: Callable[[JobTally, int], None] = lambda tally, todo: None,
+) -> JobTally:
+    """Prefill every stage-2 image not yet prefilled (see the module docstring)."""
+
+    def current() -> tuple[str, PrefillSettings]:
+        with campaign.db.read() as db:
+            model = current_model(db) or ""
+        return model, prefill_settings(campaign, detector)
+
+    def start(key: Hashable, resources: Resources) -> ModelJob:
+        model, settings = cast(tuple[str, PrefillSettings], key)
+        return ModelJob(
+            campaign, PREFILL, key=key, model_sha256=model, resources=resources, settings=settings
+        )
+
+    def pending(job: ModelJob, failed: set[int]) -> list[Any]:
+        return [row for row in pending_prefill(campaign) if row["image_id"] not in failed]
+
+    return run_model_job(
+        campaign,
+        cfg,
+        PREFILL,
+        follow=follow,
+        current=current,
+        start=start,
+        pending=pending,
+        on_progress=on_progress,
+    )

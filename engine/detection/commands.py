@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from engine.cluster import ray_session
-from engine.config import compose_config, dataclass_node, from_config, plain
+from engine.config import from_config, plain
 from engine.detection.job import (
     DETECTOR_FILE,
     DetectorJob,
@@ -24,62 +23,12 @@ from engine.detection.job import (
 from engine.detection.registry import DETECTOR_DIR, resolve_detector_reference
 from engine.detection.rounds import check_metric, run_detector_round
 from engine.detection.trainer import DetectorTrainConfig
-from engine.errors import UsageError
 from engine.models import resolve_device
 from engine.training.commands import as_list, settings_from_config
 from stages.semi.detector import DetectorConfig
 from stages.semi.inference import load_detector
 
-SUBCOMMANDS = {
-    "train": "train a detector on SA-1B-format data, evaluate it, choose its threshold",
-    "evaluate": "a detector's held-out metrics and precision/recall at its threshold",
-    "round": "the registry's next detector round: train, evaluate, register, promote",
-}
 ARCHITECTURE_FROM_SAM = ("embed_dim", "image_size")
-
-
-def register_config_nodes() -> None:
-    """The settings nodes the detector configs compose, built from the dataclass defaults."""
-    from hydra.core.config_store import ConfigStore
-
-    store = ConfigStore.instance()
-    settings = dataclass_node(DetectorTrainConfig, required=("data", "output"))
-    store.store(name="detector_train_settings", node=settings)
-    architecture = dataclass_node(DetectorConfig, skip=ARCHITECTURE_FROM_SAM)
-    store.store(name="detector_architecture", node=architecture)
-
-
-def detector_help(args: list[str]) -> str:
-    """`saengine detector [sub] --help`."""
-    sub = args[0] if args and args[0] in SUBCOMMANDS else None
-    if sub is None:
-        lines = "".join(f"  {name:<9} {text}\n" for name, text in SUBCOMMANDS.items())
-        return (
-            "usage: saengine detector <train|evaluate|round> key=value ...\n\n"
-            f"stage 2's class-agnostic box detector on SAM embeddings:\n{lines}\n"
-            "`saengine detector <subcommand> --help` lists its options."
-        )
-    text = resources.files("configs").joinpath(f"detector_{sub}.yaml").read_text()
-    extra = ""
-    if sub in ("train", "round"):
-        prefix = "train." if sub == "round" else ""
-        settings = dataclass_node(DetectorTrainConfig, skip=("data", "output"))
-        extra = "\ntraining settings (defaults):\n" + "".join(
-            f"  {prefix}{k}={v}\n" for k, v in settings.items()
-        )
-        extra += "architecture (defaults; embed_dim and image_size come from the SAM):\n"
-        architecture = dataclass_node(DetectorConfig, skip=ARCHITECTURE_FROM_SAM)
-        extra += "".join(f"  detector.{k}={v}\n" for k, v in architecture.items())
-    return f"usage: saengine detector {sub} key=value ...\n\n{text}{extra}"
-
-
-def run_detector_command(args: list[str]) -> None:
-    if not args or args[0] not in SUBCOMMANDS:
-        given = f" {args[0]!r}" if args else ""
-        raise UsageError(f"detector needs a subcommand{given}: {', '.join(SUBCOMMANDS)}")
-    register_config_nodes()
-    cfg = compose_config(f"detector_{args[0]}", args[1:])
-    {"train": run_train, "evaluate": run_evaluate, "round": run_round}[args[0]](cfg)
 
 
 def train_config(node: Any) -> DetectorTrainConfig:

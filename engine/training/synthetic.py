@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from omegaconf import DictConfig
 
 from engine.dataset import image_key, shard_name
 from engine.dataset.writer import DatasetWriter, image_entry, numbered
@@ -188,3 +189,22 @@ def write_synthetic_dataset(
     }
     writer.close(job, summary=job)
     return [f"{shard_name(info.shard)}.tar" for info in writer.shards]
+
+
+def run_synth(cfg: DictConfig) -> None:
+    """`saengine synth`: the scenes of the composed config, written as an SA-1B dataset."""
+    options = SceneOptions(
+        size=int(cfg.size),
+        objects=(int(cfg.objects[0]), int(cfg.objects[1])),
+        min_area=int(cfg.min_area),
+        part_probability=float(cfg.part_probability),
+    )
+    shards = write_synthetic_dataset(
+        str(cfg.output),
+        num_images=int(cfg.num_images),
+        split=str(cfg.split),
+        seed=int(cfg.seed),
+        images_per_shard=int(cfg.images_per_shard),
+        options=options,
+    )
+    print(f"{cfg.num_images} synthetic {cfg.split} scenes in {len(shards)} shards -> {cfg.output}")

@@ -9,7 +9,6 @@ on: its metadata names that encoder by the SHA-256 of its weights
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.checkpoint import save_atomic
 from model.transforms import longest_side_shape
 from stages.semi.detector import BoxDetector, DetectorConfig
 from stages.semi.targets import to_original_frame
@@ -51,8 +51,6 @@ class DetectorMetadata:
 
 def save_detector(path: str | Path, detector: BoxDetector, metadata: DetectorMetadata) -> None:
     """Write a detector file atomically (a temporary name, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     config = asdict(detector.config)
     config["scales"] = list(config["scales"])
     payload = {
@@ -61,12 +59,7 @@ def save_detector(path: str | Path, detector: BoxDetector, metadata: DetectorMet
         "state_dict": {k: v.detach().cpu() for k, v in detector.state_dict().items()},
         "metadata": asdict(metadata),
     }
-    temporary = path.with_name(f".{path.name}.partial")
-    with open(temporary, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    save_atomic(payload, path)
 
 
 def load_detector(

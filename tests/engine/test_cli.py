@@ -74,3 +74,23 @@ def test_presets_compose_to_the_official_values() -> None:
 def test_inspect_of_a_folder_that_is_not_a_dataset(tmp_path: Path) -> None:
     result = run_saengine("inspect", str(tmp_path))
     assert result.returncode == 1 and "not a dataset written by saengine" in result.stdout
+
+
+def test_every_command_is_listed_and_explains_its_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import engine.cli as cli
+
+    assert cli.__doc__ is not None
+    top = cli.usage()
+    for command in cli.COMMANDS:
+        assert f"saengine {command.name} " in cli.__doc__, command.name
+        group, _, sub = command.name.partition(" ")
+        listing = cli.group_usage(group) if sub else top
+        assert f"  {sub or group} " in listing, command.name
+        cli.main([*command.name.split(" "), "--help"])
+        text = capsys.readouterr().out
+        assert text.startswith(f"usage: saengine {command.name}"), command.name
+        composed = cli.compose_config(command.config, [], complete=False)
+        for key in composed:  # every option is listed, leaves as key=default
+            assert f"\n  {key}=" in text or f"\n  {key}." in text, (command.name, key)

@@ -278,7 +278,7 @@ def test_command_line_train_evaluate_and_errors(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["fly"], "detector needs a subcommand 'fly'"),
+        (["fly"], "unknown detector command 'fly'"),
         (["train", "data=[a]", "output=b"], "eval_data"),
         (["train", "data=[a]", "eval_data=[a]", "output=b", "detector.scales=[3]"], "scales"),
         (["train", "data=[a]", "eval_data=[a]", "output=b", "target_precision=0"], "(0, 1]"),

@@ -15,9 +15,8 @@ import pytest
 from PIL import Image
 
 from engine.campaigns.auth import ADMIN, add_annotator
-from engine.campaigns.campaign import Campaign
+from engine.campaigns.campaign import Campaign, set_campaign_detector
 from engine.campaigns.client import CampaignClient
-from engine.campaigns.prefill import set_campaign_detector
 from engine.campaigns.server_process import start_server
 from engine.campaigns.state import served_names
 from engine.embeddings import from_npy_bytes, to_npy_bytes
