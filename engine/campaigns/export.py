@@ -19,18 +19,8 @@ from typing import Any
 from engine.campaigns.campaign import Campaign, CampaignError
 from engine.campaigns.masks import exported_rows
 from engine.campaigns.queue import stored_images
-from engine.dataset import (
-    ANNOTATION_ID_STRIDE,
-    JOB_FILE,
-    STATUS_OK,
-    ManifestRow,
-    committed_shards,
-    dumps_json,
-    shard_name,
-    staged_path,
-    write_summary,
-)
-from engine.dataset.writer import commit_shard
+from engine.dataset import JOB_FILE, committed_shards
+from engine.dataset.writer import DatasetWriter, image_entry, numbered
 from engine.storage import Storage
 
 
@@ -71,67 +61,38 @@ def export_dataset(
     masks = {k: v for k, v in exported_masks(campaign, mask_cutoff).items() if keep_image(k)}
     with campaign.db.read() as db:
         images = stored_images(db, masks)
-    order = sorted(images)
-    for first in range(0, len(order), images_per_shard):
-        shard = first // images_per_shard
-        rows = [
-            _stage_image(campaign, storage, shard, images[image_id], masks[image_id])
-            for image_id in order[first : first + images_per_shard]
-        ]
-        commit_shard(storage, shard, rows)
+    writer = DatasetWriter(storage, images_per_shard=images_per_shard)
+    for image_id in sorted(images):
+        image, key = images[image_id], images[image_id]["key"]
+        annotations = [_annotation(mask, image) for mask in masks[image_id]]
+        writer.add(
+            image_id=image_id,
+            key=key,
+            source=image["source"],
+            jpeg=campaign.storage.read_bytes(campaign.image_path(key)),
+            record={
+                "image": image_entry(image_id, key, width=image["width"], height=image["height"]),
+                "annotations": numbered(image_id, annotations),
+            },
+        )
     job = {
         "campaign": str(campaign.dir.resolve()),
         "mask_cutoff": mask_cutoff,
-        "images": len(order),
+        "images": len(images),
     }
-    storage.write_bytes(JOB_FILE, json.dumps(job, indent=2).encode())
-    summary = write_summary(storage, {"job": job})
+    summary = writer.close(job)
     return ExportReport(
-        images=len(order), masks=summary["masks"], shards=summary["shards"], url=storage.url()
+        images=len(images), masks=summary["masks"], shards=summary["shards"], url=storage.url()
     )
 
 
-def _stage_image(
-    campaign: Campaign, storage: Storage, shard: int, image: Any, masks: list[Any]
-) -> ManifestRow:
-    key, image_id = image["key"], image["image_id"]
-    record = {
-        "image": {
-            "image_id": image_id,
-            "width": image["width"],
-            "height": image["height"],
-            "file_name": f"{key}.jpg",
-        },
-        "annotations": [
-            _annotation(mask, image_id * ANNOTATION_ID_STRIDE + rank, image)
-            for rank, mask in enumerate(masks)
-        ],
-    }
-    storage.write_bytes(
-        staged_path(shard, key, "jpg"), campaign.storage.read_bytes(campaign.image_path(key))
-    )
-    storage.write_bytes(staged_path(shard, key, "json"), dumps_json(record))
-    return ManifestRow(
-        image_id=image_id,
-        source=image["source"],
-        shard=shard_name(shard),
-        key=key,
-        width=image["width"],
-        height=image["height"],
-        num_masks=len(masks),
-        status=STATUS_OK,
-        error="",
-    )
-
-
-def _annotation(mask: Any, annotation_id: int, image: Any) -> dict[str, Any]:
+def _annotation(mask: Any, image: Any) -> dict[str, Any]:
     bbox = json.loads(mask["bbox"])
     prompts = json.loads(mask["prompts"])
     clicks = [p[:2] for p in prompts.get("points") or [] if p[2] == 1]
     point = clicks[0] if clicks else [bbox[0] + bbox[2] / 2, bbox[1] + bbox[3] / 2]
     predicted = mask["predicted_iou"]
     return {
-        "id": annotation_id,
         "segmentation": {"size": [mask["height"], mask["width"]], "counts": mask["counts"]},
         "bbox": bbox,
         "area": mask["area"],

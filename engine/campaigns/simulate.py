@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -297,7 +296,3 @@ def simulate(
     if failures:
         raise failures[0]
     return reports
-
-
-def simulation_log(campaign: Campaign) -> list[Path]:
-    return sorted(campaign.runs_dir().glob("simulate-*.jsonl"))

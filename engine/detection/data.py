@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from PIL import Image
 
 from engine.dataset.reader import DatasetError, IndexEntry, build_index
 from engine.embeddings import EmbeddingStore
+from engine.files import atomic_path
 from stages.semi.targets import boxes_from_segmentations
 
 
@@ -148,9 +148,8 @@ def write_images(path: str | Path, images: list[DetectionImage]) -> None:
         },
         schema=_SCHEMA,
     )
-    temporary = path.with_name(f".{path.name}.partial")
-    pq.write_table(table, temporary)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        pq.write_table(table, temporary)
 
 
 def read_images(path: str | Path) -> list[DetectionImage]:
