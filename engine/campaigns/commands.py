@@ -141,7 +141,7 @@ def set_stage(cfg: DictConfig) -> None:
         raise CampaignError(str(error)) from error
     if stage == Stage.SEMI:
         detector = None if cfg.detector is None else str(cfg.detector)
-        prefill_settings(campaign, detector)  # the detector must exist and load
+        prefill_settings(campaign, detector, require_detector=True)  # it must exist
         if detector is not None:
             set_campaign_detector(campaign, detector)
     moved = move_to_stage(campaign, stage)

@@ -152,6 +152,16 @@ MIGRATIONS = (
         "walking every queued image",
         ("CREATE INDEX IF NOT EXISTS images_waiting ON images (status, stage, prefill_model)",),
     ),
+    Migration(
+        6,
+        "boxes imported from a label file (`campaign create labels=`): box prompts waiting "
+        "for SAM in the prefill job, one row per box (XYXY in the stored image's pixels)",
+        (
+            "CREATE TABLE IF NOT EXISTS label_boxes (image_id INTEGER NOT NULL, "
+            "box TEXT NOT NULL, label TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS label_boxes_image ON label_boxes (image_id)",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

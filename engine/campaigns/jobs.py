@@ -45,14 +45,16 @@ class JobTally:
 @dataclass(frozen=True)
 class JobKind:
     """What differs between the jobs: the lock's name, the worker class and the method it
-    runs on a decoded image, the store task (storage, model SHA-256, key, worker result) ->
-    small result or a failure message, and how a small result is recorded (True: done)."""
+    runs on a decoded image (with the row's `arguments` after it), the store task (storage,
+    model SHA-256, key, worker result) -> small result or a failure message, and how a small
+    result is recorded (True: done)."""
 
     name: str
     worker_class: type[ModelWorker]
     method: str
     store: Callable[..., Any]
     record: Callable[[Campaign, Hashable, int, Any], bool]
+    arguments: Callable[[Any], tuple[Any, ...]] = lambda row: ()
 
 
 class ModelJob:
@@ -95,7 +97,8 @@ class ModelJob:
         def submit(row: Any, turn: int) -> Any:
             url = storage.url(self.campaign.image_path(row["key"]))
             decoded = self.decode.remote(ImageSource(url, url), self.options, storage.options)
-            result = getattr(actors[turn % len(actors)], self.kind.method).remote(decoded)
+            method = getattr(actors[turn % len(actors)], self.kind.method)
+            result = method.remote(decoded, *self.kind.arguments(row))
             return self.store.remote(storage, self.model_sha256, row["key"], result)
 
         run_bounded(

@@ -312,17 +312,19 @@ def record_prefill(
             return False
         insert_embedding(db, image_id, model_sha256, tuple(result["input_size"]))
         for mask in result["masks"]:
-            _insert_prefilled(db, image_id, mask, model_sha256, detector_sha256)
+            insert_prefilled(db, image_id, mask, model_sha256, detector_sha256)
     return True
 
 
-def _insert_prefilled(
+def insert_prefilled(
     db: sqlite3.Connection,
     image_id: int,
     mask: dict[str, Any],
     model_sha256: str,
     detector_sha256: str,
 ) -> None:
+    """A proposed prefilled mask (mask: `mask_shape` fields + box, detector_score,
+    predicted_iou, stability_score; detector_sha256: the detector's, or what else made it)."""
     at = now()
     db.execute(
         "INSERT INTO masks (image_id, origin, state, counts, height, width, bbox, area, "

@@ -31,7 +31,7 @@ from engine.sources import ImageSource, list_sources
 from engine.workers.decode import Failure, decode_source
 
 # What a campaign is made of; creating again must give the same, or it is another campaign.
-IDENTITY_KEYS = ("input", "stage", "data", "images", "model")
+IDENTITY_KEYS = ("input", "stage", "data", "images", "model", "labels")
 DECODE_THREADS = 8
 
 
@@ -51,12 +51,27 @@ def create_campaign(cfg: DictConfig) -> tuple[Campaign, str | None]:
     sources = list_sources(_inputs(cfg), _options(cfg))
     plan_images(campaign, [(image_key(i + 1), s.source) for i, s in enumerate(sources)])
     _decode_planned(campaign, sources, bool(cfg.progress))
+    if cfg.get("labels"):
+        _import(campaign, str(cfg.labels), cfg.get("labels_format"), bool(cfg.progress))
     token = None
     with campaign.db.read() as db:
         admins = count_annotators(db, Role.ADMIN)
     if not admins:
         token = add_annotator(campaign, "admin", role=Role.ADMIN)
     return campaign, token
+
+
+def _import(campaign: Campaign, labels: str, format: str | None, progress: bool) -> None:
+    from engine.campaigns.labels import import_labels
+
+    report = import_labels(
+        campaign, labels, format=None if format is None else str(format), progress=progress
+    )
+    print(
+        f"labels: {report.masks} masks and {report.boxes} boxes (for SAM) on {report.images} "
+        f"images; {len(report.unmatched)} labelled images are not in the input"
+        + (f" (first: {report.unmatched[0]})" if report.unmatched else "")
+    )
 
 
 def _claim(directory: Path, cfg: DictConfig) -> None:

@@ -20,11 +20,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 from omegaconf import DictConfig
 
 from engine.campaigns.campaign import Campaign, CampaignError, campaign_detector
 from engine.campaigns.embed import store_embedding
 from engine.campaigns.jobs import JobKind, JobTally, ModelJob, run_model_job
+from engine.campaigns.labels import LABELS_MARK, label_boxes
 from engine.campaigns.masks import mask_shape, record_prefill
 from engine.campaigns.queue import prefill_failed, waiting_for_prefill
 from engine.campaigns.versions import current_model
@@ -36,26 +38,31 @@ from engine.workers.model import ModelWorker
 from engine.workers.pool import Resources
 from model import SamPredictor
 from model.checkpoint import sha256_of
-from stages.semi.prefill import PrefillFilter, masks_from_boxes
+from stages.semi.prefill import PrefillFilter, masks_for_boxes, masks_from_boxes
 
 
 @dataclass(frozen=True)
 class PrefillSettings:
     """detector: the detector file (resolved from `<registry>/detector/latest` and the
-    like) and its SHA-256; score_thresh: the detections kept (None: the detector's confident
+    like) and its SHA-256, None when every waiting image has boxes from a label file
+    (`engine.campaigns.labels`); score_thresh: the detections kept (None: the detector's confident
     threshold); filter: the masks kept."""
 
-    detector: str
-    detector_sha256: str
+    detector: str | None
+    detector_sha256: str | None
     score_thresh: float | None = None
     filter: PrefillFilter = PrefillFilter()
 
 
 @dataclass
 class PrefillResult:
+    """The image's embedding, its prefilled masks (database rows), how many boxes SAM was
+    given, and whether they came from a label file (else from the detector)."""
+
     embedding: Embedding
     masks: list[dict[str, Any]]
     detections: int
+    from_labels: bool
 
 
 class PrefillWorker(ModelWorker):
@@ -69,8 +76,11 @@ class PrefillWorker(ModelWorker):
         if self.init_error:
             return
         self.settings = settings
-        self.detector, self.metadata = load_detector(settings.detector, device=self.device)
-        self.detection = self._detection_predictor()
+        self.detector: Any = None
+        self.detection: SamPredictor | None = None
+        if settings.detector is not None:
+            self.detector, self.metadata = load_detector(settings.detector, device=self.device)
+            self.detection = self._detection_predictor()
 
     def _detection_predictor(self) -> SamPredictor | None:
         from hydra.utils import instantiate
@@ -84,24 +94,37 @@ class PrefillWorker(ModelWorker):
             raise CampaignError("the detector does not say which SAM made its embeddings")
         return SamPredictor(instantiate(self.metadata.sam_model).to(self.device))
 
-    def prefill(self, decoded: DecodedImage | Failure) -> PrefillResult | Failure:
-        return self.run_on(decoded, self._prefill, what="prefill")
+    def prefill(
+        self, decoded: DecodedImage | Failure, label_boxes: list[list[float]] | None = None
+    ) -> PrefillResult | Failure:
+        """The image's embedding and prefilled masks: SAM on `label_boxes` (XYXY, from a
+        label file: one mask each) when given, else on the detector's confident boxes."""
+        return self.run_on(decoded, lambda image: self._prefill(image, label_boxes), what="prefill")
 
-    def _prefill(self, image: DecodedImage) -> PrefillResult:
+    def _prefill(self, image: DecodedImage, label_boxes: list[list[float]] | None) -> PrefillResult:
+        embedding = embed_image(self.predictor, image.rgb)
+        if label_boxes:
+            boxes = np.asarray(label_boxes, dtype=np.float64).reshape(-1, 4)
+            kept = masks_for_boxes(self.predictor, boxes)
+            return PrefillResult(embedding, [_mask_row(m) for m in kept], len(boxes), True)
+        if self.detector is None:
+            raise ValueError("no detector, and no boxes from a label file for this image")
+        boxes, scores = self._detect(image, embedding)
+        kept = masks_from_boxes(self.predictor, boxes, scores, self.settings.filter)
+        return PrefillResult(embedding, [_mask_row(m) for m in kept], len(boxes), False)
+
+    def _detect(self, image: DecodedImage, embedding: Embedding) -> tuple[np.ndarray, np.ndarray]:
         from stages.semi import detect
 
-        embedding = embed_image(self.predictor, image.rgb)
         features = embedding.array
         if self.detection is not None:
             features = embed_image(self.detection, image.rgb).array
-        boxes, scores = detect(
+        return detect(
             self.detector,
             features,
             original_size=image.size_hw,
             score_thresh=self.settings.score_thresh,
         )
-        kept = masks_from_boxes(self.predictor, boxes, scores, self.settings.filter)
-        return PrefillResult(embedding, [_mask_row(m) for m in kept], len(boxes))
 
 
 def _mask_row(prefilled: Any) -> dict[str, Any]:
@@ -123,31 +146,45 @@ def split_result(
         return result.message
     stored = store_embedding(storage, model_sha256, key, result.embedding)
     assert not isinstance(stored, str)
-    return {"input_size": list(stored), "masks": result.masks, "detections": result.detections}
+    return {
+        "input_size": list(stored),
+        "masks": result.masks,
+        "detections": result.detections,
+        "from_labels": result.from_labels,
+    }
 
 
-def pending_prefill(campaign: Campaign) -> list[Any]:
-    """The stage-2 images waiting for their prefill, in order."""
+def pending_prefill(campaign: Campaign) -> list[dict[str, Any]]:
+    """The stage-2 images waiting for their prefill, in order, with their boxes from a
+    label file (`label_boxes`, None when the detector is to find them)."""
     with campaign.db.read() as db:
-        return waiting_for_prefill(db)
+        rows = waiting_for_prefill(db)
+        boxes = label_boxes(db, (row["image_id"] for row in rows))
+    return [{**dict(row), "label_boxes": boxes.get(row["image_id"])} for row in rows]
 
 
-def prefill_settings(campaign: Campaign, detector: str | None = None) -> PrefillSettings:
+def prefill_settings(
+    campaign: Campaign, detector: str | None = None, *, require_detector: bool = False
+) -> PrefillSettings:
+    """The prefill's settings; the detector (given, or the campaign's) must exist, unless
+    every waiting image has boxes from a label file (and a detector is not required)."""
     from engine.detection.registry import resolve_detector_reference
 
     node: dict[str, Any] = plain(campaign.config.prefill)
     path = detector or campaign_detector(campaign)
-    if not path:
+    resolved = None
+    if path:
+        resolved = resolve_detector_reference(str(path))
+        if not os.path.isfile(resolved):
+            raise CampaignError(f"detector not found: {resolved}")
+    elif require_detector or any(row["label_boxes"] is None for row in pending_prefill(campaign)):
         raise CampaignError(
             "no detector: saengine campaign set-stage <dir> stage=semi detector=<file or "
             "registry/detector/latest>"
         )
-    resolved = resolve_detector_reference(str(path))
-    if not os.path.isfile(resolved):
-        raise CampaignError(f"detector not found: {resolved}")
     return PrefillSettings(
         detector=resolved,
-        detector_sha256=sha256_of(Path(resolved)),
+        detector_sha256=None if resolved is None else sha256_of(Path(resolved)),
         score_thresh=node.get("score_thresh"),
         filter=PrefillFilter(**(node.get("filter") or {})),
     )
@@ -160,17 +197,20 @@ def _record(campaign: Campaign, key: Hashable, image_id: int, result: Any) -> bo
     if isinstance(result, str):
         prefill_failed(campaign, image_id, result)
         return False
+    made_by = LABELS_MARK if result["from_labels"] else settings.detector_sha256
+    assert made_by is not None
     return record_prefill(
-        campaign,
-        image_id,
-        result,
-        model_sha256=model_sha256,
-        detector_sha256=settings.detector_sha256,
+        campaign, image_id, result, model_sha256=model_sha256, detector_sha256=made_by
     )
 
 
 PREFILL = JobKind(
-    name="prefill", worker_class=PrefillWorker, method="prefill", store=split_result, record=_record
+    name="prefill",
+    worker_class=PrefillWorker,
+    method="prefill",
+    store=split_result,
+    record=_record,
+    arguments=lambda row: (row["label_boxes"],),
 )
 
 

@@ -25,17 +25,18 @@ from typing import Any
 
 from engine.campaigns.api import create_app
 from engine.campaigns.campaign import Campaign, campaign_detector
+from engine.campaigns.labels import boxes_waiting
 from engine.campaigns.queue import waiting_images
 from engine.campaigns.rounds import round_due
 from engine.files import write_atomic
 
 
 def prefill_wanted(campaign: Campaign) -> bool:
-    """Stage-2 images wait for their prefill, and a detector is configured."""
-    if campaign_detector(campaign) is None:
-        return False
+    """Stage-2 images wait for their prefill, and a detector is configured or they have
+    boxes from a label file."""
+    detector = campaign_detector(campaign)
     with campaign.db.read() as db:
-        return waiting_images(db) > 0
+        return waiting_images(db) > 0 if detector is not None else boxes_waiting(db)
 
 
 SERVER_FILE = "server.json"

@@ -48,11 +48,12 @@ class PrefillFilter:
 
 @dataclass
 class PrefilledMask:
-    """mask: H x W bool at the image's size; box_xyxy: the detector's box; the scores."""
+    """mask: H x W bool at the image's size; box_xyxy: the box prompt; the scores
+    (detector_score None for a box that came from a label file)."""
 
     mask: np.ndarray
     box_xyxy: list[float]
-    detector_score: float
+    detector_score: float | None
     predicted_iou: float
     stability_score: float
 
@@ -68,13 +69,7 @@ def masks_from_boxes(
     image's pixels), best first (see the module docstring)."""
     if len(boxes_xyxy) == 0:
         return []
-    assert predictor.original_size is not None
-    model_boxes = scale_boxes(boxes_xyxy, predictor.original_size, predictor.model.img_size)
-    boxes = torch.as_tensor(model_boxes, dtype=torch.float32, device=predictor.device)
-    logits, iou, _ = predictor.predict_torch(
-        None, None, boxes=boxes, multimask_output=False, return_logits=True
-    )
-    logits, iou = logits[:, 0].float(), iou[:, 0].float()
+    logits, iou = _box_logits(predictor, boxes_xyxy)
     stability = stability_score(logits, 0.0, settings.stability_score_offset)
     binary = logits > 0
     keep = keep_by_predicted_iou(iou, settings.pred_iou_thresh)
@@ -96,6 +91,42 @@ def masks_from_boxes(
         )
         for i in _not_covered(binary, ranked.tolist(), settings.max_covered)
     ]
+
+
+@torch.inference_mode()
+def masks_for_boxes(
+    predictor: SamPredictor, boxes_xyxy: np.ndarray, *, stability_offset: float = 1.0
+) -> list[PrefilledMask]:
+    """One mask per given box (a person's box from a label file, not a detection): no
+    filter, no NMS; only a box whose mask is empty gives none. detector_score is None."""
+    if len(boxes_xyxy) == 0:
+        return []
+    logits, iou = _box_logits(predictor, boxes_xyxy)
+    stability = stability_score(logits, 0.0, stability_offset)
+    binary = logits > 0
+    return [
+        PrefilledMask(
+            mask=binary[i].cpu().numpy(),
+            box_xyxy=[float(v) for v in boxes_xyxy[i]],
+            detector_score=None,
+            predicted_iou=float(iou[i]),
+            stability_score=float(stability[i]),
+        )
+        for i in range(len(boxes_xyxy))
+        if bool(binary[i].any())
+    ]
+
+
+def _box_logits(predictor: SamPredictor, boxes_xyxy: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """The single-mask logits (N x H x W at the image's size) and predicted IoUs (N) of the
+    predictor's current image for N boxes (XYXY in the image's pixels)."""
+    assert predictor.original_size is not None
+    model_boxes = scale_boxes(boxes_xyxy, predictor.original_size, predictor.model.img_size)
+    boxes = torch.as_tensor(model_boxes, dtype=torch.float32, device=predictor.device)
+    logits, iou, _ = predictor.predict_torch(
+        None, None, boxes=boxes, multimask_output=False, return_logits=True
+    )
+    return logits[:, 0].float(), iou[:, 0].float()
 
 
 def _not_covered(binary: torch.Tensor, order: list[int], max_covered: float) -> list[int]:
