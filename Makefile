@@ -54,7 +54,7 @@ annotate: $(VENV)/.ready
 		$(VENV)/bin/saengine campaign create $(CAMPAIGN) input=samples/images model=bundled
 	test -s $(CAMPAIGN)/annotator.token || \
 		$(VENV)/bin/saengine campaign add-annotator $(CAMPAIGN) name=demo > $(CAMPAIGN)/annotator.token
-	@echo "open http://localhost:$(PORT) and sign in with the token $$(cat $(CAMPAIGN)/annotator.token)"
+	@echo "sign in with the token $$(cat $(CAMPAIGN)/annotator.token) (the server names the page once it listens)"
 	$(VENV)/bin/saengine campaign serve $(CAMPAIGN) port=$(PORT)
 
 test: $(TEST_VENV)/.ready lint typecheck

@@ -1,6 +1,7 @@
 """An HTTP client of the campaign API, as the browser app uses it, for scripted annotators:
 requests are retried on connection errors (a restarted server) with the same client ids,
-so a retried submission never makes a second mask."""
+so a retried submission never makes a second mask, and after the server's Retry-After when
+it answers 429 (over the token's request rate)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ class CampaignClient:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
+            if response.status_code == 429 and time.monotonic() < deadline:
+                time.sleep(_retry_after_s(response))
+                continue
             if response.status_code >= 400 and response.status_code != 409:
                 raise ApiError(response.status_code, _detail(response))
             return response
@@ -75,3 +79,10 @@ def _detail(response: httpx.Response) -> str:
         return str(response.json().get("detail"))
     except ValueError:
         return response.text[:200]
+
+
+def _retry_after_s(response: httpx.Response) -> float:
+    try:
+        return min(max(float(response.headers.get("retry-after", "1")), 0.1), 30.0)
+    except ValueError:
+        return 1.0

@@ -162,9 +162,14 @@ def _job_config(campaign: Campaign, cfg: DictConfig) -> DictConfig:
 
 
 def serve(cfg: DictConfig) -> None:
+    from engine.campaigns.limits import ServeLimits
     from engine.campaigns.page import vendor_problem
     from engine.campaigns.serve import serve
 
+    try:
+        limits = ServeLimits(**plain(cfg.limits))
+    except (TypeError, ValueError) as error:
+        raise CampaignError(str(error)) from error
     campaign = Campaign(str(cfg.dir))
     problem = vendor_problem(STATIC_DIR) if STATIC_DIR.is_dir() else None
     if problem:
@@ -177,6 +182,7 @@ def serve(cfg: DictConfig) -> None:
         rounds=bool(cfg.rounds),
         static_dir=STATIC_DIR if STATIC_DIR.is_dir() else None,
         log_level=str(cfg.log_level),
+        limits=limits,
     )
 
 

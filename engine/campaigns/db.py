@@ -23,7 +23,15 @@ from enum import Enum
 from pathlib import Path
 
 from engine.campaigns.errors import CampaignError
-from engine.campaigns.state import EventKind, ImageStatus, MaskOrigin, MaskState, Role, RoundStatus
+from engine.campaigns.state import (
+    ClientAction,
+    EventKind,
+    ImageStatus,
+    MaskOrigin,
+    MaskState,
+    Role,
+    RoundStatus,
+)
 
 DB_FILE = "campaign.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -151,6 +159,30 @@ MIGRATIONS = (
         "server's supervisor every 2 s, the prefill job and empty lease answers), not by "
         "walking every queued image",
         ("CREATE INDEX IF NOT EXISTS images_waiting ON images (status, stage, prefill_model)",),
+    ),
+    Migration(
+        3,
+        "a client id names one action: the client_actions table holds, per annotator and "
+        "client id, the action, a digest of its body and what it stored (reusing the id for "
+        "another action or body is refused); filled from the client ids masks and events hold",
+        (
+            f"""CREATE TABLE IF NOT EXISTS client_actions (
+                annotator_id INTEGER NOT NULL,
+                client_id TEXT NOT NULL,
+                action TEXT NOT NULL,     -- {_one_of(ClientAction)}
+                body_sha256 TEXT,         -- NULL: recorded before version 3 (any body)
+                result_id INTEGER,        -- the mask (submit_mask), event (skip_object) or image
+                created REAL NOT NULL,
+                PRIMARY KEY (annotator_id, client_id)
+            )""",
+            "INSERT OR IGNORE INTO client_actions (annotator_id, client_id, action, result_id, "
+            f"created) SELECT annotator_id, client_id, '{ClientAction.SUBMIT_MASK}', mask_id, "
+            "created FROM masks WHERE annotator_id IS NOT NULL AND client_id IS NOT NULL",
+            "INSERT OR IGNORE INTO client_actions (annotator_id, client_id, action, result_id, "
+            "created) SELECT annotator_id, client_id, kind, CASE kind WHEN "
+            f"'{EventKind.SKIP_OBJECT}' THEN event_id ELSE image_id END, created FROM events "
+            "WHERE annotator_id IS NOT NULL AND client_id IS NOT NULL",
+        ),
     ),
     Migration(
         6,

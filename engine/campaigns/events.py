@@ -30,18 +30,6 @@ def record_event(
     return int(cursor.lastrowid or 0)
 
 
-def event_by_client(
-    db: sqlite3.Connection, annotator_id: int, client_id: str, kind: EventKind | None = None
-) -> sqlite3.Row | None:
-    """The event an annotator's request with this client id recorded (of `kind`, if given)."""
-    query = "SELECT * FROM events WHERE annotator_id = ? AND client_id = ?"
-    params: tuple[Any, ...] = (annotator_id, client_id)
-    if kind is not None:
-        query, params = f"{query} AND kind = ?", (*params, kind)
-    row: sqlite3.Row | None = db.execute(query, params).fetchone()
-    return row
-
-
 def image_skippers(db: sqlite3.Connection, image_id: int) -> int:
     """How many annotators skipped the image."""
     row = db.execute(

@@ -1,11 +1,12 @@
 """Masks made in a campaign: submitted by annotators (manual), or proposed by the stage-2
 prefill and then kept or rejected.
 
-A submission carries a client-made id: a retried request returns the mask its first
-attempt stored instead of storing a second one, also after the lease has ended. The mask
-is checked against the image (size) and the lease before anything is stored; its bbox and
-area are computed here with the SA-1B semantics. A mask's origin and state are the names of
-`state.MaskOrigin` and `state.MaskState`.
+A submission carries a client-made id (`engine.campaigns.actions`): a retried request
+returns the mask its first attempt stored instead of storing a second one, also after the
+lease has ended; the id reused for another body is refused. The lease, the image's size and
+the model are checked before the mask is decoded (in time linear in its counts, which the
+image's size caps); its bbox and area are computed here with the SA-1B semantics. A mask's
+origin and state are the names of `state.MaskOrigin` and `state.MaskState`.
 """
 
 from __future__ import annotations
@@ -18,16 +19,18 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from engine.campaigns.actions import body_digest, earlier_action, record_action
 from engine.campaigns.campaign import Campaign
 from engine.campaigns.db import now
 from engine.campaigns.errors import BadInput, Forbidden, NotFound
-from engine.campaigns.events import event_by_client, record_event
+from engine.campaigns.events import record_event
 from engine.campaigns.queue import check_lease, mark_prefilled
-from engine.campaigns.state import EventKind, MaskOrigin, MaskState
+from engine.campaigns.state import ClientAction, EventKind, MaskOrigin, MaskState
 from engine.campaigns.versions import insert_embedding, model_known
 
 MAX_PROMPT_POINTS = 1000
 MAX_SIDE = 20_000
+MAX_COUNT_GROUPS = 7  # 35 bits: every count of a mask of up to 2**33 pixels
 
 
 @dataclass(frozen=True)
@@ -58,114 +61,194 @@ class MaskShape:
     area: int
 
 
-def decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    """A submitted RLE -> H x W bool; BadInput when it is not a valid RLE (the run lengths
-    are checked before decoding: pycocotools does not check compressed strings)."""
+def decode_rle(rle: dict[str, Any], size_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """A submitted RLE -> H x W bool; BadInput when it is not a valid RLE of `size_hw` (when
+    given). Linear in the counts' length, which the size caps (`max_count_chars`); the run
+    lengths are checked before anything of the mask's size is made."""
     try:
         height, width = (int(v) for v in rle["size"])
-        counts = rle["counts"]
+        if size_hw is not None and (height, width) != size_hw:
+            raise ValueError(f"size {height}x{width} is not the image's {size_hw[0]}x{size_hw[1]}")
         if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
             raise ValueError(f"size {height}x{width}")
-        runs = coco_string_runs(counts) if isinstance(counts, str) else [int(c) for c in counts]
-        if any(c < 0 for c in runs) or sum(runs) != height * width:
-            raise ValueError(f"run lengths sum to {sum(runs)}, not {height} x {width}")
-        encoded = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
-        mask = mask_utils.decode(encoded)
+        runs = rle_runs(rle["counts"], height * width)
     except (KeyError, TypeError, ValueError) as error:
         raise BadInput(f"malformed RLE: {error}") from error
-    return mask.astype(bool)
+    inside = np.zeros(len(runs), dtype=bool)
+    inside[1::2] = True
+    return np.repeat(inside, runs).reshape(width, height).T
 
 
-def coco_string_runs(text: str) -> list[int]:
+def rle_runs(counts: Any, pixels: int) -> np.ndarray:
+    """The run lengths of COCO counts (a compressed string or a list of ints) for a mask of
+    `pixels` pixels; ValueError unless they are non-negative and add up to `pixels`."""
+    if isinstance(counts, str):
+        if len(counts) > max_count_chars(pixels):
+            raise ValueError(f"counts longer than a mask of {pixels} pixels can need")
+        runs = coco_string_runs(counts)
+    elif isinstance(counts, list):
+        if len(counts) > pixels + 1:
+            raise ValueError(f"more runs than a mask of {pixels} pixels can have")
+        if not all(isinstance(c, int) and 0 <= c <= pixels for c in counts):
+            raise ValueError(f"run lengths must be integers from 0 to {pixels}")
+        runs = np.asarray(counts, dtype=np.int64)
+    else:
+        raise TypeError("counts must be a string or a list of integers")
+    if len(runs) and runs.min() < 0:
+        raise ValueError("negative run length")
+    if int(runs.sum()) != pixels:
+        raise ValueError(f"run lengths sum to {int(runs.sum())}, not {pixels}")
+    return runs
+
+
+def max_count_chars(pixels: int) -> int:
+    """The longest compressed counts string a mask of `pixels` pixels can have: at most one
+    run per pixel plus one, each a signed difference of at most `pixels` in 5-bit groups."""
+    return (pixels + 1) * -(-(pixels.bit_length() + 2) // 5)
+
+
+def coco_string_runs(text: str) -> np.ndarray:
     """The run lengths of a COCO compressed RLE string: each count in 5-bit groups (low
     first) of characters offset by 48, 0x20 marking that another group follows, the last
     group's 0x10 bit the sign; from the third count on, a difference to the count two
-    before. ValueError on characters outside the alphabet or a truncated count."""
-    runs: list[int] = []
-    position = 0
-    while position < len(text):
-        value, shift, more = 0, 0, True
-        while more:
-            if position >= len(text):
-                raise ValueError("truncated counts")
-            code = ord(text[position]) - 48
-            if not 0 <= code < 64:
-                raise ValueError(f"character {text[position]!r} is not RLE")
-            value |= (code & 0x1F) << shift
-            more = bool(code & 0x20)
-            position += 1
-            shift += 5
-            if not more and code & 0x10:
-                value |= -1 << shift
-        runs.append(value + runs[-2] if len(runs) > 2 else value)
+    before. ValueError on characters outside the alphabet, a truncated count or one of more
+    than MAX_COUNT_GROUPS groups. Vectorized: linear in the string's length."""
+    try:
+        codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
+    except UnicodeEncodeError as error:
+        raise ValueError("counts hold characters that are not RLE") from error
+    if len(codes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if codes.min() < 0 or codes.max() >= 64:
+        raise ValueError("counts hold characters that are not RLE")
+    ends = np.flatnonzero((codes & 0x20) == 0)
+    if len(ends) == 0 or ends[-1] != len(codes) - 1:
+        raise ValueError("truncated counts")
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    groups = ends - starts + 1
+    if groups.max() > MAX_COUNT_GROUPS:
+        raise ValueError(f"a count of more than {MAX_COUNT_GROUPS} characters")
+    owner = np.repeat(np.arange(len(ends)), groups)
+    shifts = 5 * (np.arange(len(codes)) - starts[owner])
+    values = np.bincount(owner, weights=(codes & 0x1F) << shifts).astype(np.int64)
+    negative = (codes[ends] & 0x10) != 0
+    values[negative] -= np.left_shift(1, 5 * groups[negative])
+    runs = values.copy()
+    runs[1::2] = np.cumsum(values[1::2])  # count m > 2 adds count m - 2
+    runs[2::2] = np.cumsum(values[2::2])
     return runs
 
 
 def mask_shape(mask: np.ndarray) -> MaskShape:
     """COCO compressed counts, bbox [x, y, w, h] of the pixels (no +1) and pixel count."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    area = int(np.count_nonzero(mask))
+    if area == 0:
         raise BadInput("the mask is empty")
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     height, width = mask.shape
-    encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+    encoded = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    x0, y0, x1, y1 = int(columns[0]), int(rows[0]), int(columns[-1]), int(rows[-1])
     return MaskShape(
         counts=encoded["counts"].decode("ascii"),
         height=height,
         width=width,
         bbox=[x0, y0, x1 - x0, y1 - y0],
-        area=int(len(xs)),
+        area=area,
     )
 
 
 def submit_mask(campaign: Campaign, annotator_id: int, submission: Submission) -> tuple[int, bool]:
     """Store an accepted mask; returns (mask_id, created). created is False for a retry of
-    a submission already stored (same annotator and client_id)."""
+    a submission already stored (same annotator, client_id and body). The client id, the
+    lease, the image's size and the model are checked before the mask is decoded."""
     _check_prompts(submission.prompts)
-    shape = mask_shape(decode_rle(submission.rle))
     _check_client_id(submission.client_id)
+    digest = _submission_digest(submission)
+    with campaign.db.read() as db:
+        stored = _earlier_mask(db, annotator_id, submission, digest)
+        if stored is not None:
+            return stored, False
+        image = _check_target(db, annotator_id, submission)
+    shape = mask_shape(decode_rle(submission.rle, (image["height"], image["width"])))
     with campaign.db.write() as db:
-        existing = mask_by_client(db, annotator_id, submission.client_id)
-        if existing is not None:
-            return int(existing["mask_id"]), False
-        image = check_lease(db, submission.lease_id, annotator_id, submission.image_id)
-        if (shape.height, shape.width) != (image["height"], image["width"]):
-            raise BadInput(
-                f"mask is {shape.width}x{shape.height}, image {image['key']} is "
-                f"{image['width']}x{image['height']}"
-            )
-        if not model_known(db, submission.model_sha256):
-            raise BadInput(
-                f"unknown model {submission.model_sha256[:12]!r}: not one of this campaign's models"
-            )
-        at = now()
-        cursor = db.execute(
-            "INSERT INTO masks (image_id, annotator_id, client_id, origin, state, counts, height, "
-            "width, bbox, area, prompts, clicks, brush_strokes, seconds, predicted_iou, "
-            "model_sha256, created, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "?, ?, ?)",
-            (
-                submission.image_id,
-                annotator_id,
-                submission.client_id,
-                MaskOrigin.MANUAL,
-                MaskState.ACCEPTED,
-                shape.counts,
-                shape.height,
-                shape.width,
-                json.dumps(shape.bbox),
-                shape.area,
-                json.dumps(submission.prompts),
-                int(submission.clicks),
-                int(submission.brush_strokes),
-                float(submission.seconds),
-                submission.predicted_iou,
-                submission.model_sha256,
-                at,
-                at,
-            ),
+        stored = _earlier_mask(db, annotator_id, submission, digest)
+        if stored is not None:
+            return stored, False
+        check_lease(db, submission.lease_id, annotator_id, submission.image_id)
+        mask_id = _insert_manual(db, annotator_id, submission, shape)
+        record_action(
+            db,
+            annotator_id,
+            submission.client_id,
+            ClientAction.SUBMIT_MASK,
+            digest=digest,
+            result_id=mask_id,
         )
-        return int(cursor.lastrowid or 0), True
+        return mask_id, True
+
+
+def _submission_digest(submission: Submission) -> str:
+    """What makes two submissions the same mask (the lease may differ: a held mask is sent
+    again under a new lease on the same image)."""
+    what = {k: v for k, v in submission.__dict__.items() if k not in ("client_id", "lease_id")}
+    return body_digest(what)
+
+
+def _earlier_mask(
+    db: sqlite3.Connection, annotator_id: int, submission: Submission, digest: str
+) -> int | None:
+    return earlier_action(db, annotator_id, submission.client_id, ClientAction.SUBMIT_MASK, digest)
+
+
+def _check_target(db: sqlite3.Connection, annotator_id: int, submission: Submission) -> Any:
+    """The leased image row, once the lease, the mask's size and the model are right."""
+    image = check_lease(db, submission.lease_id, annotator_id, submission.image_id)
+    size = submission.rle.get("size") if isinstance(submission.rle, dict) else None
+    if not (isinstance(size, (list, tuple)) and len(size) == 2):
+        raise BadInput("malformed RLE: size must be [height, width]")
+    if tuple(size) != (image["height"], image["width"]):
+        raise BadInput(
+            f"mask is {size[1]}x{size[0]}, image {image['key']} is "
+            f"{image['width']}x{image['height']}"
+        )
+    if not model_known(db, submission.model_sha256):
+        raise BadInput(
+            f"unknown model {submission.model_sha256[:12]!r}: not one of this campaign's models"
+        )
+    return image
+
+
+def _insert_manual(
+    db: sqlite3.Connection, annotator_id: int, submission: Submission, shape: MaskShape
+) -> int:
+    at = now()
+    cursor = db.execute(
+        "INSERT INTO masks (image_id, annotator_id, client_id, origin, state, counts, height, "
+        "width, bbox, area, prompts, clicks, brush_strokes, seconds, predicted_iou, "
+        "model_sha256, created, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+        "?, ?, ?)",
+        (
+            submission.image_id,
+            annotator_id,
+            submission.client_id,
+            MaskOrigin.MANUAL,
+            MaskState.ACCEPTED,
+            shape.counts,
+            shape.height,
+            shape.width,
+            json.dumps(shape.bbox),
+            shape.area,
+            json.dumps(submission.prompts),
+            int(submission.clicks),
+            int(submission.brush_strokes),
+            float(submission.seconds),
+            submission.predicted_iou,
+            submission.model_sha256,
+            at,
+            at,
+        ),
+    )
+    return int(cursor.lastrowid or 0)
 
 
 def delete_mask(campaign: Campaign, annotator_id: int, mask_id: int, lease_id: str) -> None:
@@ -202,15 +285,19 @@ def skip_object(
     clicks: int,
     prompts: dict[str, Any] | None = None,
 ) -> int:
-    """Record an object the annotator gave up on (the paper's "move on after 30 s")."""
+    """Record an object the annotator gave up on (the paper's "move on after 30 s");
+    returns the event's id (the first attempt's, for a retry)."""
     _check_prompts(prompts or {})
     _check_client_id(client_id)
+    action = ClientAction.SKIP_OBJECT
+    what = {"lease_id": lease_id, "seconds": seconds, "clicks": clicks, "prompts": prompts or {}}
+    digest = body_digest(what)
     with campaign.db.write() as db:
-        existing = event_by_client(db, annotator_id, client_id)
-        if existing is not None:
-            return int(existing["event_id"])
+        earlier = earlier_action(db, annotator_id, client_id, action, digest)
+        if earlier is not None:
+            return earlier
         image = check_lease(db, lease_id, annotator_id)
-        return record_event(
+        event_id = record_event(
             db,
             EventKind.SKIP_OBJECT,
             image_id=image["image_id"],
@@ -220,6 +307,8 @@ def skip_object(
             clicks=int(clicks),
             detail={"prompts": prompts or {}},
         )
+        record_action(db, annotator_id, client_id, action, digest=digest, result_id=event_id)
+        return event_id
 
 
 def reject_prefilled(
@@ -227,8 +316,10 @@ def reject_prefilled(
 ) -> None:
     """The annotator rejects a wrong prefilled mask of the leased image (recorded)."""
     _check_client_id(client_id)
+    action = ClientAction.REJECT_PREFILLED
+    digest = body_digest({"mask_id": mask_id})
     with campaign.db.write() as db:
-        if event_by_client(db, annotator_id, client_id) is not None:
+        if earlier_action(db, annotator_id, client_id, action, digest) is not None:
             return
         row = mask_row(db, mask_id)
         if row is None or row["origin"] != MaskOrigin.PREFILLED:
@@ -246,6 +337,7 @@ def reject_prefilled(
             client_id=client_id,
             detail={"mask_id": mask_id},
         )
+        record_action(db, annotator_id, client_id, action, digest=digest, result_id=row["image_id"])
 
 
 def image_masks(db: sqlite3.Connection, image_id: int) -> list[dict[str, Any]]:
@@ -276,14 +368,6 @@ def mask_view(row: sqlite3.Row) -> dict[str, Any]:
 def mask_row(db: sqlite3.Connection, mask_id: int) -> sqlite3.Row | None:
     row: sqlite3.Row | None = db.execute(
         "SELECT * FROM masks WHERE mask_id = ?", (mask_id,)
-    ).fetchone()
-    return row
-
-
-def mask_by_client(db: sqlite3.Connection, annotator_id: int, client_id: str) -> sqlite3.Row | None:
-    """The mask an annotator's submission with this client id stored."""
-    row: sqlite3.Row | None = db.execute(
-        "SELECT * FROM masks WHERE annotator_id = ? AND client_id = ?", (annotator_id, client_id)
     ).fetchone()
     return row
 

@@ -20,11 +20,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from engine.campaigns.actions import body_digest, earlier_action, record_action
 from engine.campaigns.campaign import Campaign, CampaignError
 from engine.campaigns.db import now
 from engine.campaigns.errors import Conflict, Forbidden, NotFound
-from engine.campaigns.events import event_by_client, image_skippers, record_event
-from engine.campaigns.state import EventKind, ImageStatus, Stage
+from engine.campaigns.events import image_skippers, record_event
+from engine.campaigns.state import ClientAction, EventKind, ImageStatus, Stage
 from engine.campaigns.versions import current_model
 
 # The names the queue's SQL binds (:queued, :semi, ...); `_names(**more)` adds the rest.
@@ -181,17 +182,22 @@ def end_lease(
     campaign: Campaign, lease_id: str, annotator_id: int, *, finish: bool, client_id: str | None
 ) -> ImageStatus:
     """Finish (image done) or skip (back to the queue) the leased image; returns its new
-    status. Repeating a call with the same client_id answers the same."""
+    status. Repeating a call with the same client_id answers the same; the client_id of
+    another action is refused (`engine.campaigns.actions`)."""
     from engine.campaigns.masks import keep_proposed  # masks imports this module
 
     kind = EventKind.FINISH_IMAGE if finish else EventKind.SKIP_IMAGE
+    action = ClientAction.FINISH_IMAGE if finish else ClientAction.SKIP_IMAGE
+    digest = body_digest({"lease_id": lease_id})
     with campaign.db.write() as db:
         if client_id is not None:
-            done = event_by_client(db, annotator_id, client_id, kind)
+            done = earlier_action(db, annotator_id, client_id, action, digest)
             if done is not None:
-                return _status(db, done["image_id"])
+                return _status(db, done)
         image_id = check_lease(db, lease_id, annotator_id)["image_id"]
         record_event(db, kind, image_id=image_id, annotator_id=annotator_id, client_id=client_id)
+        if client_id is not None:
+            record_action(db, annotator_id, client_id, action, digest=digest, result_id=image_id)
         status = (
             ImageStatus.DONE
             if finish
@@ -340,6 +346,51 @@ def record_decoded(campaign: Campaign, image_id: int, outcome: tuple[int, int] |
                 "UPDATE images SET status = ?, height = ?, width = ? WHERE image_id = ?",
                 (ImageStatus.QUEUED, outcome[0], outcome[1], image_id),
             )
+
+
+# What a lease shows besides its image ------------------------------------------------------
+
+RECENT_EMBEDDINGS = 20
+
+
+def queue_progress(db: sqlite3.Connection, annotator_id: int) -> dict[str, int]:
+    """The campaign's images: done, total (error rows and planned ones left out), left to do
+    (queued or leased), and those `annotator_id` finished."""
+    counts = status_counts(db)
+    mine = db.execute(
+        "SELECT COUNT(*) FROM images WHERE status = ? AND finished_by = ?",
+        (ImageStatus.DONE, annotator_id),
+    ).fetchone()[0]
+    left = counts.get(ImageStatus.QUEUED, 0) + counts.get(ImageStatus.LEASED, 0)
+    done = counts.get(ImageStatus.DONE, 0)
+    return {
+        "done": done,
+        "total": done + left + counts.get(ImageStatus.SET_ASIDE, 0),
+        "left": left,
+        "mine": int(mine),
+    }
+
+
+def embedding_eta_s(db: sqlite3.Connection, image_id: int, model: str | None) -> float | None:
+    """Roughly when the embed job will have the image's embedding for `model`: the leased
+    images it does first (those before it in image order, and itself) times the median
+    interval between its recent embeddings; None without a model or two embeddings yet."""
+    times = [
+        row[0]
+        for row in db.execute(
+            "SELECT created FROM embeddings ORDER BY created DESC LIMIT ?", (RECENT_EMBEDDINGS,)
+        )
+    ]
+    if model is None or len(times) < 2:
+        return None
+    gaps = sorted(a - b for a, b in zip(times, times[1:]))
+    before = db.execute(
+        "SELECT COUNT(*) FROM images i WHERE i.status = :leased AND i.image_id <= :image_id "
+        "AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.image_id = i.image_id "
+        "AND e.model_sha256 = :model)",
+        _names(image_id=image_id, model=model),
+    ).fetchone()[0]
+    return round(max(int(before), 1) * max(gaps[len(gaps) // 2], 0.1), 1)
 
 
 # What other parts read -------------------------------------------------------------------

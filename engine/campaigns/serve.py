@@ -19,13 +19,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from engine.campaigns.api import create_app
 from engine.campaigns.campaign import Campaign, campaign_detector
 from engine.campaigns.labels import boxes_waiting
+from engine.campaigns.limits import ServeLimits, header_deadline_protocol
 from engine.campaigns.queue import waiting_images
 from engine.campaigns.rounds import round_due
 from engine.files import write_atomic
@@ -127,10 +128,13 @@ def serve(
     rounds: bool,
     static_dir: Path | None,
     log_level: str = "warning",
+    limits: ServeLimits | None = None,
 ) -> None:
-    """Serve until interrupted; port 0 picks a free port (see runs/server.json)."""
+    """Serve until interrupted; port 0 picks a free port (see runs/server.json). The line
+    naming the URL is printed once the server accepts requests."""
     import uvicorn
 
+    limits = limits or ServeLimits()
     supervisor = Supervisor(campaign, embed=embed, rounds=rounds)
 
     @contextlib.asynccontextmanager
@@ -141,18 +145,41 @@ def serve(
         supervisor.stop()
         (campaign.runs_dir() / SERVER_FILE).unlink(missing_ok=True)
 
-    app = create_app(campaign, static_dir=static_dir, lifespan=lifespan)
+    app = create_app(campaign, static_dir=static_dir, lifespan=lifespan, limits=limits)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
     bound = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+        http=header_deadline_protocol(limits.header_timeout_s),
+        limit_concurrency=limits.max_connections,
+    )
     url = f"http://{'localhost' if host in ('0.0.0.0', '127.0.0.1', '::') else host}:{bound}"
-    _write_server_file(campaign, {"url": url, "pid": os.getpid(), "host": host, "port": bound})
-    print(f"campaign {campaign.dir} served at {url} (API docs: {url}/docs)", flush=True)
+    server = announcing_server(config, lambda: _announce(campaign, url, host, bound))
     server.run(sockets=[sock])
+
+
+def announcing_server(config: Any, announce: Callable[[], None]) -> Any:
+    """uvicorn's server, calling `announce` once it accepts requests (not before: the URL
+    printed, or written to server.json, answers at once)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                announce()
+
+    return Server(config)
+
+
+def _announce(campaign: Campaign, url: str, host: str, port: int) -> None:
+    _write_server_file(campaign, {"url": url, "pid": os.getpid(), "host": host, "port": port})
+    print(f"campaign {campaign.dir} served: open {url} (API docs: {url}/docs)", flush=True)
 
 
 def end_with_parent() -> None:

@@ -88,6 +88,17 @@ class EventKind(StoredName):
     REJECT_PREFILLED = "reject_prefilled"
 
 
+class ClientAction(StoredName):
+    """What a client id names (one action each, `engine.campaigns.actions`): a mask
+    submission, or the request that recorded an event of the same name."""
+
+    SUBMIT_MASK = "submit_mask"
+    SKIP_OBJECT = EventKind.SKIP_OBJECT.value
+    SKIP_IMAGE = EventKind.SKIP_IMAGE.value
+    FINISH_IMAGE = EventKind.FINISH_IMAGE.value
+    REJECT_PREFILLED = EventKind.REJECT_PREFILLED.value
+
+
 class Role(StoredName):
     ANNOTATOR = "annotator"  # sees only the images leased to them
     ADMIN = "admin"  # also statistics, and every image

@@ -9,22 +9,24 @@ from typing import Any
 from fastapi import APIRouter
 
 from engine.campaigns.api.access import Admin, Served, Who
+from engine.campaigns.api.answers import Health, Me, refusals
 from engine.campaigns.state import served_names
 
 router = APIRouter()
 
 
-@router.get("/api/health")
-def health(campaign: Served) -> dict[str, Any]:
+@router.get("/api/health", response_model=Health)
+async def health(campaign: Served) -> dict[str, Any]:
+    """No token; answered on the event loop, never behind other requests' threads."""
     return {"ok": True, "campaign": campaign.dir.name}
 
 
-@router.get("/api/me")
+@router.get("/api/me", response_model=Me, responses=refusals(401))
 def me(who: Who) -> dict[str, Any]:
     return {"name": who.name, "role": who.role, "names": served_names()}
 
 
-@router.get("/api/stats")
+@router.get("/api/stats", responses=refusals(401, 403))
 def stats(campaign: Served, who: Admin) -> dict[str, Any]:
     from engine.campaigns.stats import campaign_stats
 

@@ -13,7 +13,8 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 
 from engine.campaigns.api.access import Served, Who
-from engine.campaigns.api.bodies import SHA256
+from engine.campaigns.api.answers import binary, refusals
+from engine.campaigns.api.bodies import SHA256, IdPath
 from engine.campaigns.auth import Annotator
 from engine.campaigns.campaign import Campaign
 from engine.campaigns.errors import Forbidden, NotFound
@@ -25,11 +26,24 @@ IMMUTABLE = "private, max-age=31536000, immutable"
 DECODER_FILES = ("decoder.onnx", "decoder.quant.onnx")
 
 router = APIRouter()
+READ = refusals(401, 403, 404, 409, 422)
 
 
-@router.get("/api/images/{image_id}/image")
+class JpegResponse(Response):
+    media_type = "image/jpeg"
+
+
+class FileResponse(Response):
+    media_type = "application/octet-stream"
+
+
+@router.get(
+    "/api/images/{image_id}/image",
+    response_class=JpegResponse,
+    responses=binary("image/jpeg", "The stored image, or a smaller copy") | READ,
+)
 def image(
-    image_id: int,
+    image_id: IdPath,
     campaign: Served,
     who: Who,
     max_side: Annotated[int | None, Query(ge=16, le=8192)] = None,
@@ -39,12 +53,16 @@ def image(
     data = campaign.storage.read_bytes(campaign.image_path(row["key"]))
     if max_side is not None and max(row["width"], row["height"]) > max_side:
         data = _scaled(data, max_side)
-    return Response(data, media_type="image/jpeg", headers={"Cache-Control": IMMUTABLE})
+    return JpegResponse(data, headers={"Cache-Control": IMMUTABLE})
 
 
-@router.get("/api/images/{image_id}/embedding")
+@router.get(
+    "/api/images/{image_id}/embedding",
+    response_class=FileResponse,
+    responses=binary("application/octet-stream", "The fp16 embedding (.npy)") | READ,
+)
 def embedding(
-    image_id: int,
+    image_id: IdPath,
     campaign: Served,
     who: Who,
     model: Annotated[str, Query(pattern=SHA256.pattern)],
@@ -65,13 +83,17 @@ def embedding(
         "X-Input-Size": f"{size[0]},{size[1]}",
         "X-Original-Size": f"{row['height']},{row['width']}",
     }
-    return Response(data, media_type="application/octet-stream", headers=headers)
+    return FileResponse(data, headers=headers)
 
 
-@router.get("/api/models/{sha256}/{name}")
+@router.get(
+    "/api/models/{sha256}/{name}",
+    response_class=FileResponse,
+    responses=binary("application/octet-stream", "The ONNX decoder") | refusals(401, 404, 422),
+)
 def decoder(
     sha256: Annotated[str, PathParam(pattern=SHA256.pattern)],
-    name: str,
+    name: Annotated[str, PathParam(max_length=40)],
     campaign: Served,
     who: Who,
 ) -> Response:
@@ -84,9 +106,7 @@ def decoder(
     if not known or not campaign.storage.exists(path):
         raise NotFound(f"no {name} for model {sha256[:12]}")
     data = campaign.storage.read_bytes(path)
-    return Response(
-        data, media_type="application/octet-stream", headers={"Cache-Control": IMMUTABLE}
-    )
+    return FileResponse(data, headers={"Cache-Control": IMMUTABLE})
 
 
 def _readable_image(campaign: Campaign, who: Annotator, image_id: int) -> Any:

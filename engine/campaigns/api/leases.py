@@ -11,25 +11,37 @@ from typing import Any
 from fastapi import APIRouter
 
 from engine.campaigns.api.access import Served, Who
-from engine.campaigns.api.bodies import LeaseAction
+from engine.campaigns.api.answers import (
+    Ended,
+    LeaseAgain,
+    LeaseAnswer,
+    Renewed,
+    refusals,
+)
+from engine.campaigns.api.bodies import LeaseAction, LeaseIdPath
 from engine.campaigns.campaign import Campaign, campaign_detector
 from engine.campaigns.db import now
 from engine.campaigns.masks import image_masks
 from engine.campaigns.queue import (
     Lease,
     check_lease,
+    embedding_eta_s,
     end_lease,
     heartbeat,
     lease_from_row,
     lease_next,
+    queue_progress,
     waiting_images,
 )
-from engine.campaigns.versions import current_version, newest_embedded_version
+from engine.campaigns.versions import current_model, current_version, newest_embedded_version
 
 router = APIRouter()
 
 
-@router.post("/api/lease")
+HELD = refusals(401, 403, 409, 422)  # a call on a lease one holds
+
+
+@router.post("/api/lease", response_model=LeaseAnswer, responses=refusals(401, 422))
 def lease(campaign: Served, who: Who, ahead: bool = False) -> dict[str, Any]:
     """Lease the next image (or get one's current lease back); {"lease": null} when
     nothing can be leased now, with "waiting": the images that will be leasable later
@@ -38,43 +50,49 @@ def lease(campaign: Served, who: Who, ahead: bool = False) -> dict[str, Any]:
     most two per annotator)."""
     held = lease_next(campaign, who.annotator_id, ahead=ahead)
     if held is not None:
-        return {"lease": lease_view(campaign, held), "waiting": 0}
+        return {"lease": lease_view(campaign, held, who.annotator_id), "waiting": 0}
     if campaign_detector(campaign) is None:  # nothing will prefill them: do not wait
         return {"lease": None, "waiting": 0}
     with campaign.db.read() as db:
         return {"lease": None, "waiting": waiting_images(db)}
 
 
-@router.get("/api/leases/{lease_id}")
-def get_lease(lease_id: str, campaign: Served, who: Who) -> dict[str, Any]:
+@router.get("/api/leases/{lease_id}", response_model=LeaseAgain, responses=HELD)
+def get_lease(lease_id: LeaseIdPath, campaign: Served, who: Who) -> dict[str, Any]:
     """The lease again (e.g. to see whether its embedding is ready)."""
     with campaign.db.read() as db:
         row = check_lease(db, lease_id, who.annotator_id)
-    return {"lease": lease_view(campaign, lease_from_row(row))}
+    return {"lease": lease_view(campaign, lease_from_row(row), who.annotator_id)}
 
 
-@router.post("/api/leases/{lease_id}/heartbeat")
-def renew(lease_id: str, campaign: Served, who: Who) -> dict[str, Any]:
+@router.post("/api/leases/{lease_id}/heartbeat", response_model=Renewed, responses=HELD)
+def renew(lease_id: LeaseIdPath, campaign: Served, who: Who) -> dict[str, Any]:
     return {"expires_at": heartbeat(campaign, lease_id, who.annotator_id)}
 
 
-@router.post("/api/leases/{lease_id}/finish")
-def finish(lease_id: str, body: LeaseAction, campaign: Served, who: Who) -> dict[str, Any]:
+@router.post("/api/leases/{lease_id}/finish", response_model=Ended, responses=HELD)
+def finish(lease_id: LeaseIdPath, body: LeaseAction, campaign: Served, who: Who) -> dict[str, Any]:
+    """Finish the image (done); a retry with the same client_id answers the same."""
     status = end_lease(campaign, lease_id, who.annotator_id, finish=True, client_id=body.client_id)
     return {"status": status}
 
 
-@router.post("/api/leases/{lease_id}/skip")
-def skip_image(lease_id: str, body: LeaseAction, campaign: Served, who: Who) -> dict[str, Any]:
+@router.post("/api/leases/{lease_id}/skip", response_model=Ended, responses=HELD)
+def skip_image(
+    lease_id: LeaseIdPath, body: LeaseAction, campaign: Served, who: Who
+) -> dict[str, Any]:
+    """Skip the image (back to the queue for the others, or set aside)."""
     status = end_lease(campaign, lease_id, who.annotator_id, finish=False, client_id=body.client_id)
     return {"status": status}
 
 
-def lease_view(campaign: Campaign, lease: Lease) -> dict[str, Any]:
+def lease_view(campaign: Campaign, lease: Lease, annotator_id: int) -> dict[str, Any]:
     with campaign.db.read() as db:
         model = newest_embedded_version(db, lease.image_id)
         current = current_version(db)
         masks = image_masks(db, lease.image_id)
+        progress = queue_progress(db, annotator_id)
+        eta = None if model is not None else embedding_eta_s(db, lease.image_id, current_model(db))
     image_id = lease.image_id
     return {
         "lease_id": lease.lease_id,
@@ -93,7 +111,9 @@ def lease_view(campaign: Campaign, lease: Lease) -> dict[str, Any]:
         "embedding_url": None
         if model is None
         else f"/api/images/{image_id}/embedding?model={model['sha256']}",
+        "embedding_eta_s": eta,
         "masks": masks,
+        "progress": progress,
     }
 
 

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from engine.campaigns.api.access import Served, Who
-from engine.campaigns.api.bodies import MaskIn, RejectIn, SkipObjectIn
+from engine.campaigns.api.answers import Deleted, MaskStored, ObjectSkipped, Rejected, refusals
+from engine.campaigns.api.bodies import IdPath, LeaseId, MaskIn, RejectIn, SkipObjectIn
 from engine.campaigns.masks import (
     Submission,
     delete_mask,
@@ -19,12 +20,18 @@ from engine.campaigns.masks import (
 )
 
 router = APIRouter()
+CHANGE = refusals(401, 403, 404, 409, 422)
 
 
-@router.post("/api/masks", status_code=201)
+@router.post(
+    "/api/masks",
+    status_code=201,
+    response_model=MaskStored,
+    responses={**CHANGE, 200: {"model": MaskStored, "description": "A retry: the first mask"}},
+)
 def submit(body: MaskIn, campaign: Served, who: Who, response: Response) -> dict[str, Any]:
-    """Store an accepted mask. A retry with the same client_id answers 200 with the
-    mask its first attempt stored."""
+    """Store an accepted mask. A retry with the same client_id and body answers 200 with
+    the mask its first attempt stored; the client_id of another action or body is a 409."""
     mask_id, created = submit_mask(
         campaign,
         who.annotator_id,
@@ -46,15 +53,15 @@ def submit(body: MaskIn, campaign: Served, who: Who, response: Response) -> dict
     return {"mask_id": mask_id, "created": created}
 
 
-@router.delete("/api/masks/{mask_id}")
+@router.delete("/api/masks/{mask_id}", response_model=Deleted, responses=CHANGE)
 def delete(
-    mask_id: int, lease_id: Annotated[str, Query(max_length=100)], campaign: Served, who: Who
+    mask_id: IdPath, lease_id: Annotated[LeaseId, Query()], campaign: Served, who: Who
 ) -> dict[str, Any]:
     delete_mask(campaign, who.annotator_id, mask_id, lease_id)
     return {"deleted": mask_id}
 
 
-@router.post("/api/skip-object", status_code=201)
+@router.post("/api/skip-object", status_code=201, response_model=ObjectSkipped, responses=CHANGE)
 def skip(body: SkipObjectIn, campaign: Served, who: Who) -> dict[str, Any]:
     event_id = skip_object(
         campaign,
@@ -68,8 +75,8 @@ def skip(body: SkipObjectIn, campaign: Served, who: Who) -> dict[str, Any]:
     return {"event_id": event_id}
 
 
-@router.post("/api/prefilled/{mask_id}/reject")
-def reject(mask_id: int, body: RejectIn, campaign: Served, who: Who) -> dict[str, Any]:
+@router.post("/api/prefilled/{mask_id}/reject", response_model=Rejected, responses=CHANGE)
+def reject(mask_id: IdPath, body: RejectIn, campaign: Served, who: Who) -> dict[str, Any]:
     reject_prefilled(
         campaign, who.annotator_id, mask_id, lease_id=body.lease_id, client_id=body.client_id
     )

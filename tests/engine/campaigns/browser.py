@@ -26,6 +26,9 @@ REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "outputs" / "test-artifacts" / "webapp"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
+# The page without its warnings before accepting (a mask the model is unsure of, or one
+# nearly repeating another): for tests of other things, whatever the bundled model scores.
+NO_WARNINGS = "?warn_iou=0&warn_repeat=2"
 QUIET_FLAGS = (
     "--headless=new",
     "--no-sandbox",

@@ -72,3 +72,12 @@ def test_the_package_data_ships_every_page_file() -> None:
     shipped = {Path(p) for pattern in patterns for p in glob.glob(str(package / pattern))}
     files = {p for p in STATIC_DIR.rglob("*") if p.is_file()}
     assert files and files <= shipped, sorted(str(p) for p in files - shipped)
+
+
+def test_make_annotate_leaves_naming_the_page_to_the_server() -> None:
+    """`make annotate` once printed "open http://localhost:PORT" seconds before the server
+    listened; the URL is now printed by `campaign serve` once it accepts requests."""
+    recipe = (REPO / "Makefile").read_text().split("\nannotate:", 1)[1].split("\n\n", 1)[0]
+    lines = [line.strip() for line in recipe.splitlines()[1:]]
+    assert lines[-1].startswith("$(VENV)/bin/saengine campaign serve"), lines
+    assert not any("http://" in line for line in lines), lines

@@ -155,3 +155,38 @@ def test_object_history_feeds_back_low_res_logits_and_undoes() -> None:
     assert calls[0]["maskInput"] is None
     assert calls[1]["maskInput"] == [13, 13]  # first call's low-res of the chosen token 3
     assert (output["clicks"], output["strokes"]) == (2, 1)
+
+
+def test_mask_checks_warn_on_low_predicted_iou_and_near_repeats() -> None:
+    """The IoU of a mask with another mask's bounding-box crop, against NumPy on the whole
+    masks; the warnings at the thresholds."""
+    rng = np.random.default_rng(3)
+    mask = np.zeros((30, 40), bool)
+    mask[5:25, 8:30] = True
+    near = mask.copy()
+    near[5:7, 8:30] = False  # IoU 0.9
+    others = [near, rng.random((30, 40)) < 0.3, np.roll(mask, 15, axis=1)]
+    crops = []
+    for other in others:
+        ys, xs = np.nonzero(other)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        crop = other[y0:y1, x0:x1]
+        crops.append(
+            {"x": int(x0), "y": int(y0), "width": int(x1 - x0), "height": int(y1 - y0),
+             "data": crop.astype(int).ravel().tolist()}
+        )  # fmt: skip
+    payload = {
+        "mask": mask.astype(int).ravel().tolist(),
+        "width": 40,
+        "crops": crops,
+        "iou": 0.2,
+        "limits": {"warnIou": 0.3, "duplicateIou": 0.9},
+    }
+    output = run_module_script("mask_checks", payload)
+    expected = [float((mask & o).sum() / (mask | o).sum()) for o in others]
+    assert output["ious"] == pytest.approx(expected)
+    assert expected[0] == pytest.approx(0.9) and max(expected[1:]) < 0.9
+    unsure, repeat = output["warnings"]
+    assert "predicted IoU 0.20" in unsure and "mask #1" in repeat
+    calm = run_module_script("mask_checks", {**payload, "iou": 0.31, "crops": crops[1:]})
+    assert calm["warnings"] == []

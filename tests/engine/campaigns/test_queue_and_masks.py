@@ -138,7 +138,10 @@ def test_submissions_are_idempotent_and_checked(tmp_path: Path) -> None:
     (ana,) = _people(campaign, "ana")
     lease = lease_next(campaign, ana)
     mask_id, created = submit_mask(campaign, ana, _submission(lease, predicted_iou=0.8))
-    assert created and submit_mask(campaign, ana, _submission(lease)) == (mask_id, False)
+    again = submit_mask(campaign, ana, _submission(lease, predicted_iou=0.8))
+    assert created and again == (mask_id, False)
+    with pytest.raises(Conflict, match="another submit_mask"):  # the same id, another body
+        submit_mask(campaign, ana, _submission(lease))
     row = campaign.db.connection().execute("SELECT * FROM masks").fetchall()
     assert len(row) == 1
     assert row[0]["bbox"] == "[5, 3, 11, 5]" and row[0]["area"] == 6 * 12
@@ -236,7 +239,7 @@ def test_coco_string_runs_match_pycocotools(seed: int) -> None:
     mask[5:30, 10:40] = seed % 2 == 0
     runs = masks_to_rles(torch.from_numpy(mask)[None])[0]["counts"]
     text = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
-    assert coco_string_runs(text) == runs
+    assert coco_string_runs(text).tolist() == runs
 
 
 def test_a_second_lease_ahead_becomes_current_after_finish(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ import pytest
 from engine.campaigns.auth import add_annotator, authenticate
 from engine.campaigns.campaign import Campaign, CampaignError
 from engine.campaigns.db import DB_FILE, MIGRATIONS, SCHEMA_VERSION, Migration
-from engine.campaigns.masks import Submission, image_masks, submit_mask
+from engine.campaigns.errors import Conflict
+from engine.campaigns.masks import Submission, image_masks, skip_object, submit_mask
 from engine.campaigns.queue import end_lease, lease_next, status_counts
 from engine.campaigns.versions import current_model
 from tests.engine.campaigns.test_queue_and_masks import _rle
@@ -83,6 +84,31 @@ def test_a_version_1_campaign_is_upgraded_and_keeps_working(v1_campaign: Path) -
         assert status_counts(db) == {"done": 2, "leased": 1}
     Campaign(v1_campaign)  # opening the upgraded campaign again changes nothing
     assert _stored_version(v1_campaign) == SCHEMA_VERSION
+
+
+def test_version_3_names_each_client_id_s_action_from_the_stored_rows(v1_campaign: Path) -> None:
+    """The client ids that version 1 stored (a mask, a skipped object, a finished image) are
+    each bound to their action: a retry answers what was stored, another action is a 409."""
+    campaign = Campaign(v1_campaign)
+    with campaign.db.read() as db:
+        rows = db.execute(
+            "SELECT client_id, action, result_id, body_sha256 FROM client_actions"
+        ).fetchall()
+        ana = db.execute("SELECT annotator_id FROM annotators WHERE name = 'ana'").fetchone()[0]
+    assert sorted((r[0], r[1], r[2], r[3]) for r in rows) == [
+        ("v1-finish-1", "finish_image", 1, None),
+        ("v1-mask-1", "submit_mask", 1, None),
+        ("v1-skip-1", "skip_object", 2, None),
+    ]
+    lease = lease_next(campaign, ana)
+    assert lease is not None
+    again = skip_object(
+        campaign, ana, lease_id=lease.lease_id, client_id="v1-skip-1", seconds=1, clicks=1
+    )
+    assert again == 2  # a retry of the stored skip (no digest then: any body of its action)
+    with pytest.raises(Conflict, match="was used for submit_mask"):
+        end_lease(campaign, lease.lease_id, ana, finish=True, client_id="v1-mask-1")
+    assert end_lease(campaign, lease.lease_id, ana, finish=True, client_id="new") == "done"
 
 
 def test_a_failed_migration_leaves_the_database_at_its_version(

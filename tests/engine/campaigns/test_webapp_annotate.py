@@ -18,7 +18,13 @@ from selenium.webdriver.common.keys import Keys
 from engine.campaigns.campaign import Campaign
 from engine.models import load_model
 from model import SamPredictor
-from tests.engine.campaigns.browser import ARTIFACTS, Page, machine, start_chromium
+from tests.engine.campaigns.browser import (
+    ARTIFACTS,
+    NO_WARNINGS,
+    Page,
+    machine,
+    start_chromium,
+)
 from tests.engine.campaigns.webapp import (
     DOG,
     GROCERIES,
@@ -32,6 +38,7 @@ from tests.engine.campaigns.webapp import (
 )
 
 pytestmark = pytest.mark.slow
+HELD_EMBEDDING: dict[str, object] = {}  # the truck's embedding row, until the test gives it back
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +46,15 @@ def page(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("annotate")
     campaign = copy_campaign(template(tmp_path_factory), folder / "campaign")
     token = add_annotator(campaign, "ana")
+    with campaign.db.write() as db:  # the truck waits for its embedding (given back below)
+        truck = dict(db.execute("SELECT * FROM embeddings WHERE image_id = ?", (TRUCK,)).fetchone())
+        db.execute("DELETE FROM embeddings WHERE image_id = ?", (TRUCK,))
+    HELD_EMBEDDING.update(truck)
     with served(campaign) as url:
         driver = start_chromium(folder / "profile")
         try:
             page = Page(driver, url, "annotate")
-            page.open()
+            page.open(NO_WARNINGS)  # the warnings are tested on their own, at the end
             page.sign_in(token)
             page.wait_ready(DOG)
             yield page, campaign
@@ -81,6 +92,33 @@ def _torch_chain(campaign: Campaign, image_id: int, steps: list[dict[str, object
 def _stored_mask(row) -> np.ndarray:
     rle = {"size": [row["height"], row["width"]], "counts": row["counts"].encode()}
     return mask_utils.decode(rle).astype(bool)
+
+
+def _progress(page: Page) -> str:
+    text: str = page.js("return document.getElementById('progress').textContent")
+    return text
+
+
+def _enabled(page: Page) -> set[str]:
+    return set(
+        page.js(
+            "return [...document.querySelectorAll('#toolbar [data-action]')]"
+            ".filter(b => !b.disabled).map(b => b.dataset.action)"
+        )
+    )
+
+
+def test_progress_and_a_first_hint_once_the_image_is_ready(page) -> None:
+    page, _ = page
+    assert _progress(page) == "image 1 of 3 · 3 left"
+    assert "Click an object" in page.message()
+    assert {"finishImage", "toolBrush"} <= _enabled(page)
+    assert not {"accept", "undo", "skipObject", "clear"} & _enabled(page)  # nothing to do yet
+    page.shot("00-first-hint")
+    page.click(520, 390)
+    assert "Click an object" not in page.message()
+    assert {"accept", "undo", "clear"} <= _enabled(page)
+    page.press(Keys.ESCAPE, Keys.ESCAPE)  # start over, then forget the object
 
 
 def test_help_lists_a_shortcut_for_every_button(page) -> None:
@@ -164,7 +202,7 @@ def test_brush_and_eraser_change_exactly_their_pixels(page) -> None:
     assert np.array_equal(page.work_mask(), brushed)
     page.press("z")
     assert np.array_equal(page.work_mask(), base)
-    page.press("v", Keys.ESCAPE)
+    page.press("v", Keys.ESCAPE, Keys.ESCAPE)
 
 
 def test_accepted_mask_is_what_our_torch_model_makes(page) -> None:
@@ -241,7 +279,7 @@ def test_zoom_and_pan_keep_clicks_on_their_pixel(page) -> None:
         json.loads(page.js("return sessionStorage.getItem('saengine.object.1')"))["actions"][0]["x"]
         == 613
     )
-    page.press("0", Keys.ESCAPE)
+    page.press("0", Keys.ESCAPE, Keys.ESCAPE)
     width = page.js("return document.getElementById('image-layer').getBoundingClientRect().width")
     assert width == pytest.approx(fitted, rel=0.001)
 
@@ -275,6 +313,7 @@ def test_finish_shows_the_prefetched_next_image(page) -> None:
     page.wait_ready(GROCERIES)
     switch_s = time.monotonic() - started
     page.shot("12-next-image")
+    assert _progress(page) == "image 2 of 3 · 2 left"
     page.wait_saved()
     with campaign.db.read() as db:
         status = db.execute("SELECT status FROM images WHERE image_id = ?", (DOG,)).fetchone()[0]
@@ -289,17 +328,40 @@ def test_finish_shows_the_prefetched_next_image(page) -> None:
     assert switch_s < 10
 
 
-def test_large_image_masks_are_submitted_at_the_stored_size(page) -> None:
+def test_waiting_for_an_embedding_shows_the_time_and_an_estimate(page) -> None:
+    """The truck's embedding is not computed: the page says how long it has waited and the
+    server's estimate, and no control looks usable until the image is ready."""
     page, campaign = page
     page.press("f")
+    page.wait(lambda: page.body("image") == str(TRUCK), "the truck on screen")
+    page.wait(lambda: "s so far" in page.message(), "the waiting message")
+    time.sleep(1.2)
+    waiting = page.message()
+    assert "embedding" in waiting and "no estimate" not in waiting
+    assert ("about" in waiting and "s more" in waiting) or "any moment" in waiting, waiting
+    assert _enabled(page) == {"help"}
+    page.shot("13-waiting-for-the-embedding")
+    held = HELD_EMBEDDING
+    with campaign.db.write() as db:
+        db.execute(
+            f"INSERT INTO embeddings ({', '.join(held)}) VALUES ({', '.join('?' * len(held))})",
+            tuple(held.values()),
+        )
     page.wait_ready(TRUCK)
+    assert "finishImage" in _enabled(page) and "accept" not in _enabled(page)
+    assert _progress(page) == "image 3 of 3 · 1 left"
+    page.wait(lambda: not page.message(), "the messages to go")  # the layout settles
+
+
+def test_large_image_masks_are_submitted_at_the_stored_size(page) -> None:
+    page, campaign = page
     assert page.stats()["workSizes"][-1] == [683, 1024]
     page.drag([(300, 250), (900, 600), (1500, 1000)])
     page.click(900, 600)
     assert page.work_mask().shape == (683, 1024)
     page.accept()
     page.wait_saved()
-    page.shot("13-large-image")
+    page.shot("14-large-image")
     (row,) = mask_rows(campaign, TRUCK)
     assert (row["height"], row["width"]) == (1200, 1800)
     prompts = json.loads(row["prompts"])  # where the pointer landed, at about 2 pixels a dot
@@ -337,3 +399,71 @@ def test_decode_times_are_measured_and_recorded(page) -> None:
     }
     (ARTIFACTS / "decode_latency.json").write_text(json.dumps(result, indent=2))
     assert stats["isolated"] and stats["threads"] >= 1
+
+
+def _checks(page: Page, *, warn_iou: float, duplicate_iou: float) -> None:
+    """The page's thresholds for warnings before accepting (as if the model were that sure)."""
+    page.js(
+        "Object.assign(window.saengine.app.limits, "
+        "{warnIou: arguments[0], duplicateIou: arguments[1]})",
+        warn_iou,
+        duplicate_iou,
+    )
+
+
+def test_clear_then_accept_counts_the_whole_object(page) -> None:
+    """Esc starts the object over: its clicks and time still count for the mask accepted."""
+    page, campaign = page
+    _checks(page, warn_iou=0, duplicate_iou=2)
+    page.press(Keys.ESCAPE)  # forget what the test before left
+    before = len(mask_rows(campaign, TRUCK))
+    page.click(500, 800)
+    page.click(1400, 300, right=True)
+    first = time.monotonic()
+    time.sleep(1.5)
+    page.press(Keys.ESCAPE)
+    assert not page.work_mask().any()
+    page.click(900, 600)
+    page.accept()
+    page.wait_saved()
+    row = mask_rows(campaign, TRUCK)[-1]
+    assert len(mask_rows(campaign, TRUCK)) == before + 1
+    assert row["clicks"] == 3 and 1.5 <= row["seconds"] <= time.monotonic() - first + 1
+    assert json.loads(row["prompts"])["points"] == [[900, 600, 1]]  # the mask's own prompts
+
+
+def test_an_unsure_or_repeated_mask_warns_before_it_is_accepted(page) -> None:
+    page, campaign = page
+    count = "return document.querySelectorAll('#mask-list .mask-row').length"
+    for step, limits in enumerate(
+        ({"warn_iou": 2.0, "duplicate_iou": 2}, {"warn_iou": 0, "duplicate_iou": 0.9})
+    ):
+        _checks(page, **limits)
+        before, rows = page.js(count), len(mask_rows(campaign, TRUCK))
+        page.click(500, 800)  # the same object twice: the second nearly repeats the first
+        page.press(Keys.ENTER)
+        expected = "predicted IoU" if step == 0 else "nearly repeats mask #"
+        page.wait(lambda expected=expected: expected in page.message(), "the warning")
+        page.shot(f"15-warning-{step}")
+        assert "Enter accepts it anyway" in page.message()
+        time.sleep(0.5)
+        assert page.js(count) == before and len(mask_rows(campaign, TRUCK)) == rows
+        page.accept()  # one more Enter
+        page.wait_saved()
+        assert len(mask_rows(campaign, TRUCK)) == rows + 1
+    _checks(page, warn_iou=0, duplicate_iou=2)
+
+
+def test_finishing_the_last_image_leaves_no_image_on_screen(page) -> None:
+    page, campaign = page
+    page.press("f")
+    page.wait(lambda: "No images left" in page.message(), "the empty queue")
+    page.wait_saved()
+    page.shot("16-queue-empty")
+    assert page.js("return getComputedStyle(document.getElementById('stage')).display") == "none"
+    assert page.js("return document.getElementById('image-layer').width") == 0
+    assert _progress(page) == "3 of 3 images done"
+    assert _enabled(page) == {"help"}
+    with campaign.db.read() as db:
+        statuses = [row[0] for row in db.execute("SELECT status FROM images")]
+    assert statuses == ["done"] * 3

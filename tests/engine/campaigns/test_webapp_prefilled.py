@@ -17,7 +17,7 @@ from engine.campaigns.masks import mask_shape
 from engine.campaigns.queue import current_model
 from engine.models import load_model
 from model import SamPredictor
-from tests.engine.campaigns.browser import Page, start_chromium
+from tests.engine.campaigns.browser import NO_WARNINGS, Page, start_chromium
 from tests.engine.campaigns.webapp import (
     DOG,
     add_annotator,
@@ -67,7 +67,7 @@ def page(tmp_path_factory: pytest.TempPathFactory):
         driver = start_chromium(folder / "profile")
         try:
             page = Page(driver, url, "prefilled")
-            page.open()
+            page.open(NO_WARNINGS)
             page.sign_in(token)
             page.wait_ready(DOG)
             yield page, campaign, masks

@@ -12,7 +12,7 @@ import time
 import pytest
 from selenium.webdriver.common.by import By
 
-from tests.engine.campaigns.browser import Page, start_chromium
+from tests.engine.campaigns.browser import NO_WARNINGS, Page, start_chromium
 from tests.engine.campaigns.proxy import LossyProxy
 from tests.engine.campaigns.webapp import (
     DOG,
@@ -48,7 +48,7 @@ def page(tmp_path_factory: pytest.TempPathFactory):
         driver = start_chromium(folder / "profile")
         try:
             page = Page(driver, proxy.url, "recovery")
-            page.open()
+            page.open(NO_WARNINGS)
             page.sign_in(token)
             page.wait_ready(DOG)
             yield page, campaign, proxy
@@ -96,6 +96,7 @@ def test_a_mask_accepted_offline_waits_and_is_sent(page) -> None:
     page.accept()
     notice = "return document.getElementById('connection').innerText"
     page.wait(lambda: "Connection lost" in page.js(notice), "the connection notice")
+    assert "1 change waits in this page" in page.js(notice)
     assert page.body("outbox") == "1" and "waiting" in page.js(
         "return document.getElementById('outbox-status').textContent"
     )

@@ -1,6 +1,8 @@
 // The campaign API over fetch: the annotator's token on every call, errors as exceptions
 // that say whether to retry (Offline: no answer) or not (ApiError: the server refused).
 
+const BUSY_TRIES = 4;
+
 export class ApiError extends Error {
   constructor(status, detail, retryAfterS = null) {
     super(`${status}: ${detail}`);
@@ -26,7 +28,20 @@ export class Api {
 
   /** One call; path relative to the page ("api/lease"). Returns the parsed JSON, or the
    * Response itself with {raw: true}. */
-  async request(method, path, { json, raw = false } = {}) {
+  async request(method, path, options = {}) {
+    for (let tries = 1; ; tries += 1) {
+      try {
+        return await this.once(method, path, options);
+      } catch (error) {
+        // over the server's rate: wait as it says, a few times, before giving up
+        if (!(error instanceof ApiError && error.status === 429) || tries >= BUSY_TRIES)
+          throw error;
+        await new Promise((done) => setTimeout(done, 1000 * Math.min(error.retryAfterS ?? 1, 30)));
+      }
+    }
+  }
+
+  async once(method, path, { json, raw = false } = {}) {
     const headers = { Authorization: `Bearer ${this.token}` };
     if (json !== undefined) headers["Content-Type"] = "application/json";
     let response;

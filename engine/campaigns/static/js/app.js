@@ -3,6 +3,7 @@
 
 import { Offline } from "./api.js";
 import { Assets } from "./assets.js";
+import { maskWarnings } from "./checks.js";
 import { workSize } from "./geometry.js";
 import { bindPointer } from "./input.js";
 import { bindKeys, renderHelp } from "./keys.js";
@@ -16,6 +17,9 @@ import { Stage } from "./view.js";
 import { Workbench } from "./workbench.js";
 
 const RETRY_OPEN_MS = 3000;
+const HINTED_KEY = "saengine.hinted";
+const FIRST_HINT =
+  "Click an object to segment it (right click: a background point; drag: a box). Enter accepts the mask, Esc starts the object over, f finishes the image; h lists every key.";
 const CHANGES = {
   mask: "A mask",
   delete: "A deletion",
@@ -34,6 +38,9 @@ export class App {
       options,
       lease: null,
       afterEnd: false,
+      progress: null,
+      confirm: null,
+      limits: { warnIou: options.warnIou, duplicateIou: options.warnRepeat },
       stats: { decodeMs: [], workSizes: [] },
     });
     this.messages = new Messages(el("message"));
@@ -94,16 +101,13 @@ export class App {
     this.bench.close();
     this.setReady(false);
     if (!lease) return this.queueEmpty();
+    delete document.body.dataset.empty;
+    this.showProgress(lease.progress);
     this.outbox.rebind(lease.image.image_id, lease.lease_id);
     this.messages.show("image", `Loading image ${lease.image.key}…`);
     try {
       this.showImage(lease, await this.assets.image(lease));
-      if (!lease.model)
-        this.messages.show(
-          "image",
-          "Waiting for this image's embedding (the embed job is computing it)…",
-        );
-      const ready = await this.session.withModel(lease, () => this.opening === opening);
+      const ready = await this.waitForModel(lease, opening);
       const [decoder, embedding] = await Promise.all([
         this.assets.decoder(ready.model),
         this.assets.embedding(ready),
@@ -155,7 +159,42 @@ export class App {
     );
     this.messages.clear("image");
     this.setReady(true);
+    if (!sessionStorage.getItem(HINTED_KEY)) this.messages.show("hint", FIRST_HINT);
     this.prefetchAhead();
+  }
+
+  /** The lease once its embedding is ready; meanwhile the time waited and the server's
+   * estimate of the time left are shown. */
+  async waitForModel(lease, opening) {
+    if (lease.model) return lease;
+    const started = Date.now();
+    let estimate = { etaS: lease.embedding_eta_s, at: started };
+    const say = () => {
+      const waited = Math.round((Date.now() - started) / 1000);
+      const left =
+        estimate.etaS === null ? null : estimate.etaS - (Date.now() - estimate.at) / 1000;
+      const more =
+        left === null
+          ? "no estimate yet"
+          : left > 1
+            ? `about ${Math.round(left)} s more`
+            : "any moment now";
+      this.messages.show(
+        "image",
+        `Waiting for this image's embedding (the embed job is computing it): ${waited} s so far, ${more}…`,
+      );
+    };
+    say();
+    const timer = setInterval(say, 1000);
+    try {
+      return await this.session.withModel(
+        lease,
+        () => this.opening === opening,
+        (polled) => (estimate = { etaS: polled.embedding_eta_s, at: Date.now() }),
+      );
+    } finally {
+      clearInterval(timer);
+    }
   }
 
   /** Lease the next image ahead and fetch its image, embedding and decoder. */
@@ -176,10 +215,15 @@ export class App {
     }
   }
 
+  /** Nothing leased: no image on screen (and nothing to click), what was done so far. */
   queueEmpty() {
-    this.stage.setSize(1, 1);
+    document.body.dataset.empty = "1";
     this.panel.reset([]);
+    const picture = this.el("image-layer");
+    [picture.width, picture.height] = [0, 0];
     this.el("image-info").textContent = "no image";
+    this.messages.clear("hint");
+    this.showProgress(null);
     const waiting = this.session.waiting;
     if (waiting) {
       this.messages.show("image", `${waiting} images are being prefilled; checking again…`);
@@ -232,6 +276,11 @@ export class App {
       return this.notice("Accept (Enter) or clear (Esc) the current object first.");
     }
     this.outbox.push({ kind, lease_id: this.lease.lease_id, image_id: this.lease.image.image_id });
+    if (kind === "finish" && this.progress) {
+      this.progress.done += 1;
+      this.progress.left = Math.max(0, this.progress.left - 1);
+      this.progress.mine += 1;
+    }
     sessionStorage.removeItem(this.objectKey());
     const next = this.session.advance();
     this.assets.keepOnly(next ? [next.image.image_id] : []);
@@ -269,12 +318,29 @@ export class App {
 
   // The object and the image's masks --------------------------------------------------------
 
+  /** Accept the object's mask: checked first (a mask the model is unsure of, or one nearly
+   * repeating another of the image, is accepted only with a second Enter), then sent. */
   async accept() {
     const lease = this.lease;
     const accepted = await this.bench.accept();
     if (!accepted)
       return this.notice("The mask is empty: add a point, a box or brush strokes first.", "warn");
     const { height, width, image_id: imageId } = lease.image;
+    const warnings = maskWarnings({
+      mask: accepted.mask,
+      width,
+      iou: accepted.body.predicted_iou,
+      entries: this.panel.entries,
+      limits: this.limits,
+    });
+    const confirmed = this.confirm?.editor === accepted.editor;
+    if (warnings.length && !confirmed) {
+      this.confirm = { editor: accepted.editor };
+      const text = `Check this mask: ${warnings.join("; ")}. Enter accepts it anyway; or change it (Esc starts it over).`;
+      return this.messages.show("object", text, "warn");
+    }
+    this.confirm = null;
+    this.bench.accepted();
     const item = this.outbox.push({
       kind: "mask",
       lease_id: lease.lease_id,
@@ -327,8 +393,17 @@ export class App {
     const editor = this.bench.editor;
     if (editor && this.lease)
       sessionStorage.setItem(this.objectKey(), JSON.stringify(editor.snapshot()));
+    if (this.confirm) {
+      this.confirm = null; // the mask changed: checked again on the next Enter
+      this.messages.clear("object");
+    }
+    if (editor?.begun && !sessionStorage.getItem(HINTED_KEY)) {
+      sessionStorage.setItem(HINTED_KEY, "1");
+      this.messages.clear("hint");
+    }
     this.timer.follow(editor ? editor.startedAt : null);
     this.renderStatus();
+    this.renderControls();
   }
 
   // Status and controls ---------------------------------------------------------------------
@@ -355,6 +430,38 @@ export class App {
   setReady(ready) {
     if (ready) document.body.dataset.ready = "1";
     else delete document.body.dataset.ready;
+    this.renderControls();
+  }
+
+  /** Buttons are enabled only when they can do something now. */
+  renderControls() {
+    const ready = Boolean(document.body.dataset.ready);
+    const editor = ready ? this.bench.editor : null;
+    const step = editor?.lastStep();
+    const possible = {
+      accept: Boolean(editor && !editor.empty),
+      skipObject: Boolean(editor && !editor.empty),
+      clear: Boolean(editor?.begun),
+      undo: Boolean(editor && editor.cursor > 0),
+      redo: Boolean(editor && editor.cursor < editor.actions.length),
+      cycle: Boolean(step && step.tokens.length > 1),
+    };
+    for (const button of document.querySelectorAll("#toolbar [data-action]")) {
+      const action = button.dataset.action;
+      button.disabled = action === "help" ? false : !(possible[action] ?? ready);
+    }
+    this.el("brush-size").disabled = !ready;
+  }
+
+  /** "image k of N · n left" (k counts the images done before this one). */
+  showProgress(progress) {
+    if (progress && (!this.progress || progress.done >= this.progress.done))
+      this.progress = { ...progress };
+    const p = this.progress;
+    if (!p) return;
+    this.el("progress").textContent = this.lease
+      ? `image ${Math.min(p.done + 1, p.total)} of ${p.total} · ${p.left} left`
+      : `${p.done} of ${p.total} images done`;
   }
 
   objectKey() {
@@ -372,7 +479,7 @@ export class App {
     return {
       accept: () => this.accept(),
       skipObject: () => this.skipObject(),
-      clear: editor(() => bench.newObject()),
+      clear: editor(() => bench.clear()),
       undo: editor((e) => e.undo()),
       redo: editor((e) => e.redo()),
       cycle: editor((e) => e.cycle()),

@@ -1,10 +1,13 @@
 // Start-up: load onnxruntime-web from the server's vendor folder, sign in with the
 // annotator's token, start the app. Options in the page's URL: ?threads=N (decoder threads;
 // default: all cores up to 4 where the page is cross-origin isolated, else 1),
-// ?decoder=quant (the quantized decoder), ?work=N (long side of the interactive masks).
+// ?decoder=quant (the quantized decoder), ?work=N (long side of the interactive masks),
+// ?warn_iou=X (warn before accepting a mask whose predicted IoU is below X; 0.3),
+// ?warn_repeat=X (warn before accepting a mask whose IoU with another is X or more; 0.9).
 
 import { Api, ApiError, Offline } from "./api.js";
 import { App } from "./app.js";
+import { DUPLICATE_IOU, WARN_IOU } from "./checks.js";
 import { useNames } from "./names.js";
 import { showConnection } from "./status.js";
 
@@ -19,6 +22,8 @@ function options() {
     quantized: query.get("decoder") === "quant",
     workSide: Number(query.get("work")) || 1024,
     maxImageSide: Number(query.get("image")) || 2048,
+    warnIou: query.has("warn_iou") ? Number(query.get("warn_iou")) : WARN_IOU,
+    warnRepeat: query.has("warn_repeat") ? Number(query.get("warn_repeat")) : DUPLICATE_IOU,
   };
 }
 

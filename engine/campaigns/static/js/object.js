@@ -6,9 +6,11 @@ import { candidateTokens, lowResToken, thresholdToken } from "./decoder.js";
 import { applyStroke } from "./raster.js";
 
 /** One object's history. decode(prompt, maskInput) -> a decoder result at the work size
- * (prompt in stored-image pixels); work: [h, w]; scale: [x, y] work pixels per image pixel. */
+ * (prompt in stored-image pixels); work: [h, w]; scale: [x, y] work pixels per image pixel;
+ * carried: {clicks, strokes, startedAt} of the same object before it was cleared (its clicks
+ * and time count for the mask finally accepted), or null for a new object. */
 export class ObjectEditor {
-  constructor({ decode, work, scale, onChange }) {
+  constructor({ decode, work, scale, onChange, carried = null }) {
     this.decode = decode;
     this.work = work;
     this.scale = scale;
@@ -16,15 +18,25 @@ export class ObjectEditor {
     this.actions = [];
     this.steps = [];
     this.cursor = 0;
-    this.clicks = 0;
-    this.strokes = 0;
-    this.startedAt = null;
+    this.clicks = carried?.clicks ?? 0;
+    this.strokes = carried?.strokes ?? 0;
+    this.startedAt = carried?.startedAt ?? null;
     this.queue = Promise.resolve();
     this.pending = 0;
   }
 
   get empty() {
     return this.cursor === 0;
+  }
+
+  /** Clicks, strokes or time spent on this object so far (also before a clear). */
+  get begun() {
+    return this.startedAt !== null;
+  }
+
+  /** What a clear keeps of the object: its clicks, strokes and first interaction. */
+  carried() {
+    return { clicks: this.clicks, strokes: this.strokes, startedAt: this.startedAt };
   }
 
   /** Add a prompt ({kind: "point", x, y, label} or {kind: "box", box}) or a stroke ({kind:

@@ -44,11 +44,13 @@ export class LeaseSession {
     return this.current;
   }
 
-  /** The lease again, once its embedding is ready (its model is null until then). */
-  async withModel(lease, isCurrent = () => true) {
+  /** The lease again, once its embedding is ready (its model is null until then);
+   * polled(lease) sees each answer before that. */
+  async withModel(lease, isCurrent = () => true, polled = () => {}) {
     while (!lease.model && isCurrent()) {
       await sleep(MODEL_POLL_MS);
       lease = (await this.api.get(`api/leases/${lease.lease_id}`)).lease;
+      polled(lease);
     }
     return lease;
   }

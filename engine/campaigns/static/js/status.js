@@ -82,5 +82,5 @@ export function showConnection(element, ok, waiting) {
   element.classList.toggle("hidden", ok);
   element.textContent = ok
     ? ""
-    : `Connection lost; retrying. ${waiting} change${waiting === 1 ? "" : "s"} wait in this page and will be sent.`;
+    : `Connection lost; retrying. ${waiting === 1 ? "1 change waits" : `${waiting} changes wait`} in this page and will be sent.`;
 }

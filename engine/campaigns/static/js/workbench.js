@@ -33,7 +33,7 @@ export class Workbench {
     this.render();
   }
 
-  newObject(saved = null) {
+  newObject(saved = null, carried = null) {
     if (!this.view) return;
     const { work, scale } = this.view;
     this.editor = new ObjectEditor({
@@ -41,9 +41,18 @@ export class Workbench {
       work,
       scale,
       onChange: () => this.render(),
+      carried,
     });
     if (saved) this.editor.restore(saved);
     this.render();
+  }
+
+  /** Esc: start the object over, its clicks and time still counting; on an object with
+   * nothing on it, forget it (a new object, nothing counted). */
+  clear() {
+    const editor = this.editor;
+    if (!editor) return;
+    this.newObject(null, editor.empty ? null : editor.carried());
   }
 
   /** Decode a prompt (stored-image pixels) at the work size. */
@@ -85,8 +94,8 @@ export class Workbench {
     return mask;
   }
 
-  /** The accepted object as the API's mask body and its pixels ({body, mask}), and a new
-   * object started; null when the mask is empty. */
+  /** The object as the API's mask body and its pixels ({body, mask, editor}); null when
+   * the mask is empty. The object stays (see accepted()), so it can still be changed. */
   async accept() {
     const { editor, view } = this;
     if (!view || !editor) return null;
@@ -104,8 +113,12 @@ export class Workbench {
       seconds: (Date.now() - editor.startedAt) / 1000,
       predicted_iou: last ? last.iou : null,
     };
+    return { body, mask, editor, cursor: editor.cursor };
+  }
+
+  /** The object just accepted is sent: start the next one. */
+  accepted() {
     this.newObject();
-    return { body, mask };
   }
 
   /** The skipped object as the API's skip-object body; null when it has no clicks yet. */
