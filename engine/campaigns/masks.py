@@ -121,51 +121,64 @@ def mask_shape(mask: np.ndarray) -> MaskShape:
 def submit_mask(campaign: Campaign, annotator_id: int, submission: Submission) -> tuple[int, bool]:
     """Store an accepted mask; returns (mask_id, created). created is False for a retry of
     a submission already stored (same annotator and client_id)."""
+    shape = checked_shape(submission)
+    with campaign.db.write() as db:
+        return store_manual(db, annotator_id, submission, shape)
+
+
+def checked_shape(submission: Submission) -> MaskShape:
+    """The submitted mask's shape, once its prompts, RLE and client id are checked."""
     _check_prompts(submission.prompts)
     shape = mask_shape(decode_rle(submission.rle))
-    _check_client_id(submission.client_id)
-    with campaign.db.write() as db:
-        existing = mask_by_client(db, annotator_id, submission.client_id)
-        if existing is not None:
-            return int(existing["mask_id"]), False
-        image = check_lease(db, submission.lease_id, annotator_id, submission.image_id)
-        if (shape.height, shape.width) != (image["height"], image["width"]):
-            raise BadInput(
-                f"mask is {shape.width}x{shape.height}, image {image['key']} is "
-                f"{image['width']}x{image['height']}"
-            )
-        if not model_known(db, submission.model_sha256):
-            raise BadInput(
-                f"unknown model {submission.model_sha256[:12]!r}: not one of this campaign's models"
-            )
-        at = now()
-        cursor = db.execute(
-            "INSERT INTO masks (image_id, annotator_id, client_id, origin, state, counts, height, "
-            "width, bbox, area, prompts, clicks, brush_strokes, seconds, predicted_iou, "
-            "model_sha256, created, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "?, ?, ?)",
-            (
-                submission.image_id,
-                annotator_id,
-                submission.client_id,
-                MaskOrigin.MANUAL,
-                MaskState.ACCEPTED,
-                shape.counts,
-                shape.height,
-                shape.width,
-                json.dumps(shape.bbox),
-                shape.area,
-                json.dumps(submission.prompts),
-                int(submission.clicks),
-                int(submission.brush_strokes),
-                float(submission.seconds),
-                submission.predicted_iou,
-                submission.model_sha256,
-                at,
-                at,
-            ),
+    check_client_id(submission.client_id)
+    return shape
+
+
+def store_manual(
+    db: sqlite3.Connection, annotator_id: int, submission: Submission, shape: MaskShape
+) -> tuple[int, bool]:
+    """`submit_mask`'s work inside the caller's transaction."""
+    existing = mask_by_client(db, annotator_id, submission.client_id)
+    if existing is not None:
+        return int(existing["mask_id"]), False
+    image = check_lease(db, submission.lease_id, annotator_id, submission.image_id)
+    if (shape.height, shape.width) != (image["height"], image["width"]):
+        raise BadInput(
+            f"mask is {shape.width}x{shape.height}, image {image['key']} is "
+            f"{image['width']}x{image['height']}"
         )
-        return int(cursor.lastrowid or 0), True
+    if not model_known(db, submission.model_sha256):
+        raise BadInput(
+            f"unknown model {submission.model_sha256[:12]!r}: not one of this campaign's models"
+        )
+    at = now()
+    cursor = db.execute(
+        "INSERT INTO masks (image_id, annotator_id, client_id, origin, state, counts, height, "
+        "width, bbox, area, prompts, clicks, brush_strokes, seconds, predicted_iou, "
+        "model_sha256, created, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+        "?, ?, ?)",
+        (
+            submission.image_id,
+            annotator_id,
+            submission.client_id,
+            MaskOrigin.MANUAL,
+            MaskState.ACCEPTED,
+            shape.counts,
+            shape.height,
+            shape.width,
+            json.dumps(shape.bbox),
+            shape.area,
+            json.dumps(submission.prompts),
+            int(submission.clicks),
+            int(submission.brush_strokes),
+            float(submission.seconds),
+            submission.predicted_iou,
+            submission.model_sha256,
+            at,
+            at,
+        ),
+    )
+    return int(cursor.lastrowid or 0), True
 
 
 def delete_mask(campaign: Campaign, annotator_id: int, mask_id: int, lease_id: str) -> None:
@@ -204,7 +217,7 @@ def skip_object(
 ) -> int:
     """Record an object the annotator gave up on (the paper's "move on after 30 s")."""
     _check_prompts(prompts or {})
-    _check_client_id(client_id)
+    check_client_id(client_id)
     with campaign.db.write() as db:
         existing = event_by_client(db, annotator_id, client_id)
         if existing is not None:
@@ -226,7 +239,7 @@ def reject_prefilled(
     campaign: Campaign, annotator_id: int, mask_id: int, *, lease_id: str, client_id: str
 ) -> None:
     """The annotator rejects a wrong prefilled mask of the leased image (recorded)."""
-    _check_client_id(client_id)
+    check_client_id(client_id)
     with campaign.db.write() as db:
         if event_by_client(db, annotator_id, client_id) is not None:
             return
@@ -288,14 +301,6 @@ def mask_by_client(db: sqlite3.Connection, annotator_id: int, client_id: str) ->
     return row
 
 
-def keep_proposed(db: sqlite3.Connection, image_id: int) -> None:
-    """The image is finished: its prefilled masks not rejected are kept."""
-    db.execute(
-        "UPDATE masks SET state = ?, changed = ? WHERE image_id = ? AND origin = ? AND state = ?",
-        (MaskState.KEPT, now(), image_id, MaskOrigin.PREFILLED, MaskState.PROPOSED),
-    )
-
-
 def record_prefill(
     campaign: Campaign,
     image_id: int,
@@ -312,23 +317,30 @@ def record_prefill(
             return False
         insert_embedding(db, image_id, model_sha256, tuple(result["input_size"]))
         for mask in result["masks"]:
-            _insert_prefilled(db, image_id, mask, model_sha256, detector_sha256)
+            insert_prefilled(
+                db, image_id, mask, model_sha256=model_sha256, detector_sha256=detector_sha256
+            )
     return True
 
 
-def _insert_prefilled(
+def insert_prefilled(
     db: sqlite3.Connection,
     image_id: int,
     mask: dict[str, Any],
+    *,
     model_sha256: str,
-    detector_sha256: str,
-) -> None:
+    detector_sha256: str | None = None,
+) -> int:
+    """A proposed mask's row (origin prefilled, state proposed); returns its id. mask:
+    mask_shape's fields, predicted_iou, stability_score, and either the detector's box and
+    detector_score or, for a mask taken from a dataset, its prompts and annotation_id."""
     at = now()
-    db.execute(
+    prompts = mask.get("prompts") or {"points": [], "box": mask.get("box")}
+    cursor = db.execute(
         "INSERT INTO masks (image_id, origin, state, counts, height, width, bbox, area, "
         "prompts, predicted_iou, stability_score, detector_score, model_sha256, "
-        "detector_sha256, created, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-        "?, ?, ?, ?)",
+        "detector_sha256, annotation_id, created, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+        "?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             image_id,
             MaskOrigin.PREFILLED,
@@ -338,16 +350,18 @@ def _insert_prefilled(
             mask["width"],
             json.dumps(mask["bbox"]),
             mask["area"],
-            json.dumps({"points": [], "box": mask["box"]}),
+            json.dumps(prompts),
             mask["predicted_iou"],
             mask["stability_score"],
-            mask["detector_score"],
+            mask.get("detector_score"),
             model_sha256,
             detector_sha256,
+            mask.get("annotation_id"),
             at,
             at,
         ),
     )
+    return int(cursor.lastrowid or 0)
 
 
 # What other parts read -------------------------------------------------------------------
@@ -401,7 +415,7 @@ def mask_facts(db: sqlite3.Connection) -> list[sqlite3.Row]:
     )
 
 
-def _check_client_id(client_id: str) -> None:
+def check_client_id(client_id: str) -> None:
     if not client_id or len(client_id) > 100:
         raise BadInput("client_id must be 1 to 100 characters")
 

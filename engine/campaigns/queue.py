@@ -24,7 +24,7 @@ from engine.campaigns.campaign import Campaign, CampaignError
 from engine.campaigns.db import now
 from engine.campaigns.errors import Conflict, Forbidden, NotFound
 from engine.campaigns.events import event_by_client, image_skippers, record_event
-from engine.campaigns.state import EventKind, ImageStatus, Stage
+from engine.campaigns.state import EventKind, ImageStatus, MaskOrigin, MaskState, Stage
 from engine.campaigns.versions import current_model
 
 # The names the queue's SQL binds (:queued, :semi, ...); `_names(**more)` adds the rest.
@@ -182,8 +182,6 @@ def end_lease(
 ) -> ImageStatus:
     """Finish (image done) or skip (back to the queue) the leased image; returns its new
     status. Repeating a call with the same client_id answers the same."""
-    from engine.campaigns.masks import keep_proposed  # masks imports this module
-
     kind = EventKind.FINISH_IMAGE if finish else EventKind.SKIP_IMAGE
     with campaign.db.write() as db:
         if client_id is not None:
@@ -205,6 +203,14 @@ def end_lease(
             (status, annotator_id if finish else None, now() if finish else None, image_id),
         )
     return status
+
+
+def keep_proposed(db: sqlite3.Connection, image_id: int) -> None:
+    """The image is finished: its prefilled masks nobody rejected (or answered) are kept."""
+    db.execute(
+        "UPDATE masks SET state = ?, changed = ? WHERE image_id = ? AND origin = ? AND state = ?",
+        (MaskState.KEPT, now(), image_id, MaskOrigin.PREFILLED, MaskState.PROPOSED),
+    )
 
 
 def _after_skip(db: sqlite3.Connection, image_id: int, max_skips: int) -> ImageStatus:
