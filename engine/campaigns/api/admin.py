@@ -20,8 +20,9 @@ def health(campaign: Served) -> dict[str, Any]:
 
 
 @router.get("/api/me")
-def me(who: Who) -> dict[str, Any]:
-    return {"name": who.name, "role": who.role, "names": served_names()}
+def me(campaign: Served, who: Who) -> dict[str, Any]:
+    """The caller, the campaign's names and its mode (the page follows it)."""
+    return {"name": who.name, "role": who.role, "names": served_names(), "mode": campaign.mode}
 
 
 @router.get("/api/stats")

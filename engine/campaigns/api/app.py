@@ -10,13 +10,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from engine.campaigns.api import admin, files, leases, masks
+from engine.campaigns.api import admin, files, leases, masks, review
 from engine.campaigns.campaign import Campaign
 from engine.campaigns.errors import RequestError
 from engine.campaigns.limits import BodyLimit, IsolationHeaders
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # an uncompressed RLE of a 3000 x 3000 mask fits
-ROUTERS = (admin.router, leases.router, files.router, masks.router)
+ROUTERS = (admin.router, leases.router, files.router, masks.router, review.router)
 
 
 def create_app(

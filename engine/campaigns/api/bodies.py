@@ -55,3 +55,13 @@ class LeaseAction(BaseModel):
 class RejectIn(BaseModel):
     client_id: str = Field(min_length=1, max_length=100)
     lease_id: str = Field(min_length=1, max_length=100)
+
+
+class AnswerIn(BaseModel):
+    """A one-key answer on a proposed mask: verdict keep or reject (`state.Verdict`)."""
+
+    client_id: str = Field(min_length=1, max_length=100)
+    lease_id: str = Field(min_length=1, max_length=100)
+    verdict: str = Field(max_length=20)
+    missing: bool = False
+    seconds: float = Field(default=0.0, ge=0)
