@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.checkpoint import save_atomic
+from model.checkpoint import load_tagged, save_atomic
 from stages.verify.network import MaskVerifier, VerifierConfig
 
 FILE_FORMAT = "sa-engine-mask-verifier/1"
@@ -55,14 +55,9 @@ def load_verifier(
     path: str | Path, *, device: str | torch.device = "cpu"
 ) -> tuple[MaskVerifier, VerifierMetadata]:
     """A saved verifier (eval mode) and its metadata."""
-    try:
-        payload = torch.load(Path(path), map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # noqa: BLE001 - any unreadable file is the same user error
-        raise VerifierFileError(f"{path} is not a verifier file ({error})") from error
-    if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
-        raise VerifierFileError(f"{path} is not a verifier file (format {FILE_FORMAT})")
+    payload = load_tagged(
+        path, file_format=FILE_FORMAT, error=VerifierFileError, what="verifier", device=device
+    )
     verifier = MaskVerifier(VerifierConfig(**payload["config"]))
     verifier.load_state_dict(payload["state_dict"])
     known = {f.name for f in fields(VerifierMetadata)}
