@@ -78,13 +78,11 @@ GROUPS: dict[str, Group] = {
         "The paper's mask-quality audit: reviewers keep, correct or reject every mask of a\n"
         "random sample of a dataset's images and add what is missing; the report gives the\n"
         "shares with IoU > 0.9 and > 0.75 (95% intervals) per predicted IoU and stability.",
-        setup="engine.campaigns.serve:end_with_parent",
     ),
     "verify": Group(
         "verification queues and the learned verifier: create, simulate, round, report",
         "SAM 3's verification queue: one key per proposed mask (accept or reject), and a\n"
         "small verifier trained on the answers that accepts what it is sure of.",
-        setup="engine.campaigns.serve:end_with_parent",
     ),
     "detector": Group(
         "stage 2's box detector on SAM embeddings: train, evaluate, round",

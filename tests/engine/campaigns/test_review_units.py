@@ -348,3 +348,22 @@ def test_the_verifier_trains_on_answers_with_the_training_loop(tmp_path: Path) -
     assert np.mean([s.accuracy for s in steps[-10:]]) > 0.85
     assert np.mean([s.loss for s in steps[-10:]]) < 0.5 * steps[0].loss
     assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(["mode=verify"], "give stage=semi"), (["mode=judge", "stage=semi"], "mode must be one of")],
+)
+def test_a_reviewing_mode_needs_proposed_masks(
+    tmp_path: Path, overrides: list[str], message: str
+) -> None:
+    from engine.campaigns.campaign import CampaignError
+    from engine.campaigns.plan import create_campaign
+    from engine.cli import compose_config
+
+    cfg = compose_config(
+        "campaign", [f"dir={tmp_path / 'c'}", "input=x", "model=bundled", *overrides]
+    )
+    with pytest.raises(CampaignError, match=message):
+        create_campaign(cfg)
+    assert not (tmp_path / "c").exists()

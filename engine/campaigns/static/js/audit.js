@@ -96,6 +96,7 @@ export class AuditApp extends App {
   correct() {
     const entry = this.current();
     if (!entry) return this.notice("Select a proposed mask to review first (n).");
+    if (!this.bench.view) return this.notice("The image is not ready to edit yet.");
     if (this.bench.editor && !this.bench.editor.empty)
       return this.notice("Accept (Enter) or clear (Esc) the current object first.");
     startCorrection(this.bench, entry);
