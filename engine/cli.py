@@ -20,6 +20,13 @@
     saengine campaign round <dir>
     saengine campaign export <dir> output=<dir>
     saengine campaign stats <dir> [json=true]
+    saengine audit create <dataset> output=<dir> [sample=500 seed=0 model=bundled]
+    saengine audit simulate <dir> truth=<dataset> [annotators=2]
+    saengine audit report <dir> [json=true]
+    saengine verify create <dataset> output=<dir> [sample=500 model=bundled]
+    saengine verify simulate <dir> truth=<dataset>
+    saengine verify round <dir> [round.target_precision=0.9]
+    saengine verify report <dir> [audit=<dir>] [json=true]
     saengine detector train data=[...] eval_data=[...] output=<dir>
     saengine detector evaluate checkpoint=<file> data=[...]
     saengine detector round registry=<dir> data=[...] eval_data=[...]
@@ -65,6 +72,17 @@ GROUPS: dict[str, Group] = {
         "images, embeddings computed ahead on Ray, the decoder in the annotators' browsers,\n"
         "masks with their prompts and timings, retraining rounds triggered by collected masks.",
         setup="engine.campaigns.serve:end_with_parent",
+    ),
+    "audit": Group(
+        "the mask-quality audit of a dataset: create, simulate, report",
+        "The paper's mask-quality audit: reviewers keep, correct or reject every mask of a\n"
+        "random sample of a dataset's images and add what is missing; the report gives the\n"
+        "shares with IoU > 0.9 and > 0.75 (95% intervals) per predicted IoU and stability.",
+    ),
+    "verify": Group(
+        "verification queues and the learned verifier: create, simulate, round, report",
+        "SAM 3's verification queue: one key per proposed mask (accept or reject), and a\n"
+        "small verifier trained on the answers that accepts what it is sure of.",
     ),
     "detector": Group(
         "stage 2's box detector on SAM embeddings: train, evaluate, round",
@@ -202,6 +220,55 @@ COMMANDS: tuple[Command, ...] = (
         positional="dir",
     ),
     Command(
+        "audit create",
+        "<dataset> output=<dir> sample=N: a review campaign of a random sample of its images",
+        "audit_create",
+        "engine.campaigns.commands:review_create",
+        positional="dataset",
+    ),
+    Command(
+        "audit simulate",
+        "truth=<dataset>: scripted reviewers keep, correct or reject each mask over HTTP",
+        "audit_simulate",
+        "engine.campaigns.commands:review_simulate",
+        positional="dir",
+    ),
+    Command(
+        "audit report",
+        "shares with IoU > 0.9 / 0.75 with 95% intervals, per predicted IoU and stability",
+        "audit_report",
+        "engine.campaigns.commands:audit_report",
+        positional="dir",
+    ),
+    Command(
+        "verify create",
+        "<dataset> output=<dir>: a verification queue, one key per proposed mask",
+        "verify_create",
+        "engine.campaigns.commands:review_create",
+        positional="dataset",
+    ),
+    Command(
+        "verify simulate",
+        "truth=<dataset>: scripted verifiers accept or reject each mask over HTTP",
+        "verify_simulate",
+        "engine.campaigns.commands:review_simulate",
+        positional="dir",
+    ),
+    Command(
+        "verify round",
+        "train the verifier on the answers, measure it on held-out ones, let it accept",
+        "verify_round",
+        "engine.campaigns.commands:verify_round",
+        positional="dir",
+    ),
+    Command(
+        "verify report",
+        "answers, masks verified per minute, the verifier's held-out precision and recall",
+        "verify_report",
+        "engine.campaigns.commands:verify_report",
+        positional="dir",
+    ),
+    Command(
         "detector train",
         "train a detector on SA-1B-format data, evaluate it, choose its threshold",
         "detector_train",
@@ -232,17 +299,22 @@ EXAMPLES = """examples:
 def register_config_nodes() -> None:
     """The config nodes built from Python defaults (one source of truth for each setting):
     the generator presets, training, evaluation, annotator and prefill settings, the
-    detector's training settings and architecture."""
+    detector's training settings and architecture, the reviewer's policy, the verifier's
+    training, architecture and round settings."""
     from hydra.core.config_store import ConfigStore
 
     from engine.detection.commands import ARCHITECTURE_FROM_SAM
     from engine.detection.trainer import DetectorTrainConfig
     from engine.training.rounds import EvalSettings
     from engine.training.trainer import TrainConfig
+    from engine.verification.rounds import VerifierRoundSettings
+    from engine.verification.trainer import VerifierTrainConfig
     from stages.assisted.annotator import AnnotatorPolicy
+    from stages.assisted.reviewer import ReviewPolicy
     from stages.automatic import PRESETS
     from stages.semi.detector import DetectorConfig
     from stages.semi.prefill import PrefillFilter
+    from stages.verify import VerifierConfig
 
     store = ConfigStore.instance()
     for name, preset in PRESETS.items():
@@ -261,6 +333,11 @@ def register_config_nodes() -> None:
     store.store(name="detector_train_settings", node=detector_train)
     architecture = dataclass_node(DetectorConfig, skip=ARCHITECTURE_FROM_SAM)
     store.store(name="detector_architecture", node=architecture)
+    store.store(name="reviewer_policy", node=dataclass_node(ReviewPolicy))
+    verifier_train = dataclass_node(VerifierTrainConfig, required=("data", "output"))
+    store.store(name="verifier_train_settings", node=verifier_train)
+    store.store(name="verifier_architecture", node=dataclass_node(VerifierConfig))
+    store.store(name="verifier_round_settings", node=dataclass_node(VerifierRoundSettings))
 
 
 # Image settings that come with a generator preset: SA-1B's released images have faces and

@@ -78,6 +78,23 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     os.replace(temporary, target)
 
 
+def load_tagged(
+    path: str | Path, *, file_format: str, error: type[Exception], what: str, device: Any = "cpu"
+) -> dict[str, Any]:
+    """A dict saved with {"format": file_format, ...} (the engine's own model files: the
+    stage-2 detector, the verifier), read with weights_only; `error` (one line naming the
+    file and `what` it is not) for any other file. FileNotFoundError passes through."""
+    try:
+        payload = torch.load(Path(path), map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as failure:  # noqa: BLE001 - any unreadable file is the same user error
+        raise error(f"{path} is not a {what} file ({failure})") from failure
+    if not isinstance(payload, dict) or payload.get("format") != file_format:
+        raise error(f"{path} is not a {what} file (format {file_format})")
+    return payload
+
+
 def sha256_of(path: Path, chunk_bytes: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
         "engine.workers",
     ),
     ("engine.generation", "engine.training"),
-    ("engine.detection",),
+    ("engine.detection", "engine.verification"),
     ("engine.campaigns",),
     ("engine.cli",),
     ("jobs",),

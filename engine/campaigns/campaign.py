@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.campaigns.db import DB_FILE, Database, read_meta, write_meta
 from engine.campaigns.errors import CampaignError
-from engine.campaigns.state import Stage, stage_named
+from engine.campaigns.state import CampaignMode, Stage, mode_named, stage_named
 from engine.config import plain
 from engine.embeddings import MODEL_DIR_CHARS, EmbeddingStore
 from engine.storage import Storage
@@ -74,6 +74,11 @@ class Campaign:
     def stage(self) -> Stage:
         """The stage the campaign was created in (its new images' stage)."""
         return stage_named(str(self.config.stage))
+
+    @property
+    def mode(self) -> CampaignMode:
+        """What its people do: annotate (stages 1 and 2), audit or verify proposed masks."""
+        return mode_named(str(self.config.get("mode", CampaignMode.ANNOTATE)))
 
     def image_path(self, key: str) -> str:
         return f"images/{key}.jpg"

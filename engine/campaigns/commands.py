@@ -270,3 +270,106 @@ def stats(cfg: DictConfig) -> None:
         print(format_stats(stats))
     path = plot_stats(stats, Path(str(cfg.plot)) if cfg.plot else campaign.dir / "stats.png")
     print(f"plot: {path}")
+
+
+# The audit and verify modes ---------------------------------------------------------------
+
+
+def review_create(cfg: DictConfig) -> None:
+    """`audit create` and `verify create` (cfg.mode says which)."""
+    from engine.campaigns.proposals import create_review_campaign
+
+    campaign, token, stored = create_review_campaign(cfg)
+    print(status_text(campaign))
+    print(f"proposed masks stored now: {stored} (from {cfg.dataset})")
+    if token:
+        print(f"admin token (shown once; keep it): {token}")
+    print(
+        f"next: saengine campaign add-annotator {campaign.dir} name=<name>; saengine campaign "
+        f"serve {campaign.dir}; or scripted: saengine {campaign.mode} simulate {campaign.dir} "
+        "truth=<dataset>"
+    )
+
+
+def review_simulate(cfg: DictConfig) -> None:
+    """`audit simulate` and `verify simulate`: scripted reviewers of the campaign's mode."""
+    from engine.campaigns.reviewers import ReviewerReport, simulate_reviewers
+    from engine.campaigns.state import CampaignMode
+    from engine.config import from_config
+    from stages.assisted.annotator import AnnotatorPolicy
+    from stages.assisted.reviewer import ReviewPolicy
+
+    campaign = Campaign(str(cfg.dir))
+    if campaign.mode == CampaignMode.ANNOTATE:
+        raise CampaignError(f"{campaign.dir} is not an audit or verify campaign")
+    truth = plain(cfg.truth)
+    with _server(campaign, cfg.server) as url:
+        reports = simulate_reviewers(
+            campaign,
+            auditor=campaign.mode == CampaignMode.AUDIT,
+            review=from_config(ReviewPolicy, cfg.reviewer),
+            url=url,
+            truth=[str(t) for t in truth] if isinstance(truth, list) else [str(truth)],
+            annotators=int(cfg.annotators),
+            policy=from_config(AnnotatorPolicy, cfg.get("annotator") or {}),
+            seed=int(cfg.seed),
+            max_images=None if cfg.max_images is None else int(cfg.max_images),
+        )
+    for report in reports:
+        assert isinstance(report, ReviewerReport)
+        print(
+            f"{report.name}: {report.images} images, {report.answered} masks answered "
+            f"({report.kept} kept, {report.corrected} corrected, {report.rejected} rejected), "
+            f"{report.masks - report.corrected} added, {report.seconds:.0f} simulated s"
+        )
+
+
+def audit_report(cfg: DictConfig) -> None:
+    from engine.campaigns.audit import audit_report, format_report, write_report
+
+    campaign = Campaign(str(cfg.dir))
+    report = audit_report(
+        campaign,
+        predicted_iou_bins=[float(v) for v in cfg.bins.predicted_iou],
+        stability_bins=[float(v) for v in cfg.bins.stability_score],
+    )
+    plot = write_report(campaign, report, Path(str(cfg.plot)) if cfg.plot else None)
+    if bool(cfg.json):
+        print(json.dumps(report))
+        return
+    print(format_report(report))
+    print(f"written: {campaign.dir}/audit_report.json, audit_corrections.jsonl; plot: {plot}")
+
+
+def verify_round(cfg: DictConfig) -> None:
+    from engine.campaigns.verify import run_verify_round
+
+    record, applied = run_verify_round(Campaign(str(cfg.dir)), cfg)
+    test = record.metrics["test"]
+    print(
+        f"{record.name}: threshold {record.threshold:.3f} for precision "
+        f"{record.target_precision}; held-out test answers: precision {test['precision']:.3f}, "
+        f"recall {test['recall']:.3f}, takes over {test['share_taken_over']:.1%} of "
+        f"{test['answers']}; {'promoted' if record.promoted else 'not promoted'} "
+        f"({record.reason})"
+    )
+    if applied is not None:
+        print(
+            f"applied: {applied.accepted} of {applied.masks} waiting masks accepted by the "
+            f"verifier (human answers saved), {applied.images_done} images finished"
+        )
+
+
+def verify_report(cfg: DictConfig) -> None:
+    from engine.campaigns.audit import audit_report
+    from engine.campaigns.verify import format_verify_report, verify_report
+
+    audit = None
+    if cfg.audit is not None:
+        bins = [0.0, 1.0]
+        audit = audit_report(Campaign(str(cfg.audit)), predicted_iou_bins=bins, stability_bins=bins)
+    report = verify_report(Campaign(str(cfg.dir)), audit=audit)
+    if bool(cfg.json):
+        print(json.dumps(report))
+    else:
+        print(format_verify_report(report))

@@ -31,6 +31,7 @@ from engine.campaigns.state import (
     MaskState,
     Role,
     RoundStatus,
+    Verdict,
 )
 
 DB_FILE = "campaign.db"
@@ -182,6 +183,31 @@ MIGRATIONS = (
             "created) SELECT annotator_id, client_id, kind, CASE kind WHEN "
             f"'{EventKind.SKIP_OBJECT}' THEN event_id ELSE image_id END, created FROM events "
             "WHERE annotator_id IS NOT NULL AND client_id IS NOT NULL",
+        ),
+    ),
+    Migration(
+        4,
+        "reviews of proposed masks (audit and verify modes): each answer with who gave it (a "
+        "person, or the verifier model with its score) and its seconds; a corrected mask's "
+        "link to the proposed mask it replaces; a dataset mask's annotation id",
+        (
+            "ALTER TABLE masks ADD COLUMN corrects INTEGER",  # audit: the prefilled mask replaced
+            "ALTER TABLE masks ADD COLUMN annotation_id INTEGER",  # its id in the source dataset
+            f"""CREATE TABLE IF NOT EXISTS reviews (
+    review_id INTEGER PRIMARY KEY,
+    mask_id INTEGER NOT NULL UNIQUE,  -- the proposed (prefilled) mask answered, once
+    image_id INTEGER NOT NULL,
+    annotator_id INTEGER,             -- the person; NULL when the verifier model answered
+    client_id TEXT,
+    verdict TEXT NOT NULL,            -- {_one_of(Verdict)}
+    missing INTEGER NOT NULL DEFAULT 0,  -- "something is missing here"
+    seconds REAL,                     -- from the mask shown to the answer
+    verifier_sha256 TEXT,             -- the verifier file that answered
+    score REAL,                       -- its score
+    created REAL NOT NULL,
+    UNIQUE (annotator_id, client_id)
+)""",
+            "CREATE INDEX IF NOT EXISTS reviews_image ON reviews (image_id)",
         ),
     ),
     Migration(

@@ -123,7 +123,13 @@ def _import_image(
             continue
         mask = _stored_mask(decode(item.rle), height=height, width=width)
         if mask.any():
-            insert_prefilled(db, image_id, _mask_row(mask), model_sha256, LABELS_MARK)
+            insert_prefilled(
+                db,
+                image_id,
+                _mask_row(mask),
+                model_sha256=model_sha256,
+                detector_sha256=LABELS_MARK,
+            )
             report.masks += 1
     db.execute("UPDATE images SET stage = ? WHERE image_id = ?", (Stage.SEMI, image_id))
     if not boxes:

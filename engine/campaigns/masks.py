@@ -161,43 +161,70 @@ def submit_mask(campaign: Campaign, annotator_id: int, submission: Submission) -
     """Store an accepted mask; returns (mask_id, created). created is False for a retry of
     a submission already stored (same annotator, client_id and body). The client id, the
     lease, the image's size and the model are checked before the mask is decoded."""
+    checked = check_submission(campaign, annotator_id, submission, ClientAction.SUBMIT_MASK)
+    if isinstance(checked, int):
+        return checked, False
+    with campaign.db.write() as db:
+        return store_submission(db, annotator_id, submission, checked)
+
+
+@dataclass(frozen=True)
+class CheckedMask:
+    """A submission whose lease, size and model were checked, decoded once (outside any
+    write lock): its shape, the action its client id names and the body's digest."""
+
+    shape: MaskShape
+    action: ClientAction
+    digest: str
+
+
+def check_submission(
+    campaign: Campaign,
+    annotator_id: int,
+    submission: Submission,
+    action: ClientAction,
+    extra: dict[str, Any] | None = None,
+) -> CheckedMask | int:
+    """The submission checked and decoded, or the mask id an earlier request with the same
+    client id, action and body (`extra` counts in the body) stored."""
     _check_prompts(submission.prompts)
-    _check_client_id(submission.client_id)
-    digest = _submission_digest(submission)
+    check_client_id(submission.client_id)
+    digest = _submission_digest(submission, extra)
     with campaign.db.read() as db:
-        stored = _earlier_mask(db, annotator_id, submission, digest)
+        stored = earlier_action(db, annotator_id, submission.client_id, action, digest)
         if stored is not None:
-            return stored, False
+            return stored
         image = _check_target(db, annotator_id, submission)
     shape = mask_shape(decode_rle(submission.rle, (image["height"], image["width"])))
-    with campaign.db.write() as db:
-        stored = _earlier_mask(db, annotator_id, submission, digest)
-        if stored is not None:
-            return stored, False
-        check_lease(db, submission.lease_id, annotator_id, submission.image_id)
-        mask_id = _insert_manual(db, annotator_id, submission, shape)
-        record_action(
-            db,
-            annotator_id,
-            submission.client_id,
-            ClientAction.SUBMIT_MASK,
-            digest=digest,
-            result_id=mask_id,
-        )
-        return mask_id, True
+    return CheckedMask(shape=shape, action=action, digest=digest)
 
 
-def _submission_digest(submission: Submission) -> str:
+def store_submission(
+    db: sqlite3.Connection, annotator_id: int, submission: Submission, checked: CheckedMask
+) -> tuple[int, bool]:
+    """Store a checked submission in the caller's write transaction; (mask_id, created) as
+    `submit_mask` returns (the earlier mask when a retry got there first)."""
+    stored = earlier_action(db, annotator_id, submission.client_id, checked.action, checked.digest)
+    if stored is not None:
+        return stored, False
+    check_lease(db, submission.lease_id, annotator_id, submission.image_id)
+    mask_id = _insert_manual(db, annotator_id, submission, checked.shape)
+    record_action(
+        db,
+        annotator_id,
+        submission.client_id,
+        checked.action,
+        digest=checked.digest,
+        result_id=mask_id,
+    )
+    return mask_id, True
+
+
+def _submission_digest(submission: Submission, extra: dict[str, Any] | None = None) -> str:
     """What makes two submissions the same mask (the lease may differ: a held mask is sent
     again under a new lease on the same image)."""
     what = {k: v for k, v in submission.__dict__.items() if k not in ("client_id", "lease_id")}
-    return body_digest(what)
-
-
-def _earlier_mask(
-    db: sqlite3.Connection, annotator_id: int, submission: Submission, digest: str
-) -> int | None:
-    return earlier_action(db, annotator_id, submission.client_id, ClientAction.SUBMIT_MASK, digest)
+    return body_digest({**what, **(extra or {})})
 
 
 def _check_target(db: sqlite3.Connection, annotator_id: int, submission: Submission) -> Any:
@@ -288,7 +315,7 @@ def skip_object(
     """Record an object the annotator gave up on (the paper's "move on after 30 s");
     returns the event's id (the first attempt's, for a retry)."""
     _check_prompts(prompts or {})
-    _check_client_id(client_id)
+    check_client_id(client_id)
     action = ClientAction.SKIP_OBJECT
     what = {"lease_id": lease_id, "seconds": seconds, "clicks": clicks, "prompts": prompts or {}}
     digest = body_digest(what)
@@ -315,7 +342,7 @@ def reject_prefilled(
     campaign: Campaign, annotator_id: int, mask_id: int, *, lease_id: str, client_id: str
 ) -> None:
     """The annotator rejects a wrong prefilled mask of the leased image (recorded)."""
-    _check_client_id(client_id)
+    check_client_id(client_id)
     action = ClientAction.REJECT_PREFILLED
     digest = body_digest({"mask_id": mask_id})
     with campaign.db.write() as db:
@@ -372,14 +399,6 @@ def mask_row(db: sqlite3.Connection, mask_id: int) -> sqlite3.Row | None:
     return row
 
 
-def keep_proposed(db: sqlite3.Connection, image_id: int) -> None:
-    """The image is finished: its prefilled masks not rejected are kept."""
-    db.execute(
-        "UPDATE masks SET state = ?, changed = ? WHERE image_id = ? AND origin = ? AND state = ?",
-        (MaskState.KEPT, now(), image_id, MaskOrigin.PREFILLED, MaskState.PROPOSED),
-    )
-
-
 def record_prefill(
     campaign: Campaign,
     image_id: int,
@@ -396,7 +415,9 @@ def record_prefill(
             return False
         insert_embedding(db, image_id, model_sha256, tuple(result["input_size"]))
         for mask in result["masks"]:
-            insert_prefilled(db, image_id, mask, model_sha256, detector_sha256)
+            insert_prefilled(
+                db, image_id, mask, model_sha256=model_sha256, detector_sha256=detector_sha256
+            )
     return True
 
 
@@ -404,17 +425,22 @@ def insert_prefilled(
     db: sqlite3.Connection,
     image_id: int,
     mask: dict[str, Any],
+    *,
     model_sha256: str,
-    detector_sha256: str,
-) -> None:
-    """A proposed prefilled mask (mask: `mask_shape` fields + box, detector_score,
-    predicted_iou, stability_score; detector_sha256: the detector's, or what else made it)."""
+    detector_sha256: str | None = None,
+) -> int:
+    """A proposed mask's row (origin prefilled, state proposed); returns its id. mask:
+    mask_shape's fields, predicted_iou, stability_score, and either the box prompt (a
+    detector's with its detector_score, or a label file's) or, for a mask taken from a
+    dataset, its prompts and annotation_id. detector_sha256: the detector's, or what else
+    made it (`labels`); None for a dataset's masks."""
     at = now()
-    db.execute(
+    prompts = mask.get("prompts") or {"points": [], "box": mask.get("box")}
+    cursor = db.execute(
         "INSERT INTO masks (image_id, origin, state, counts, height, width, bbox, area, "
         "prompts, predicted_iou, stability_score, detector_score, model_sha256, "
-        "detector_sha256, created, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-        "?, ?, ?, ?)",
+        "detector_sha256, annotation_id, created, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+        "?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             image_id,
             MaskOrigin.PREFILLED,
@@ -424,16 +450,18 @@ def insert_prefilled(
             mask["width"],
             json.dumps(mask["bbox"]),
             mask["area"],
-            json.dumps({"points": [], "box": mask["box"]}),
+            json.dumps(prompts),
             mask["predicted_iou"],
             mask["stability_score"],
-            mask["detector_score"],
+            mask.get("detector_score"),
             model_sha256,
             detector_sha256,
+            mask.get("annotation_id"),
             at,
             at,
         ),
     )
+    return int(cursor.lastrowid or 0)
 
 
 # What other parts read -------------------------------------------------------------------
@@ -487,7 +515,7 @@ def mask_facts(db: sqlite3.Connection) -> list[sqlite3.Row]:
     )
 
 
-def _check_client_id(client_id: str) -> None:
+def check_client_id(client_id: str) -> None:
     if not client_id or len(client_id) > 100:
         raise BadInput("client_id must be 1 to 100 characters")
 

@@ -21,7 +21,7 @@ from engine.campaigns.auth import add_annotator, count_annotators
 from engine.campaigns.campaign import CONFIG_FILE, Campaign, CampaignError, data_storage
 from engine.campaigns.db import DB_FILE, Database
 from engine.campaigns.queue import plan_images, planned_images, record_decoded
-from engine.campaigns.state import Role, stage_named
+from engine.campaigns.state import CampaignMode, Role, Stage, mode_named, stage_named
 from engine.campaigns.versions import publish_model
 from engine.config import plain
 from engine.dataset import image_key
@@ -31,24 +31,27 @@ from engine.sources import ImageSource, list_sources
 from engine.workers.decode import Failure, decode_source
 
 # What a campaign is made of; creating again must give the same, or it is another campaign.
-IDENTITY_KEYS = ("input", "stage", "data", "images", "model", "labels")
+# Keys absent from an older campaign.yaml count as their default.
+IDENTITY_KEYS = ("input", "stage", "data", "images", "model", "mode", "sample", "seed", "labels")
+IDENTITY_DEFAULTS = {"mode": str(CampaignMode.ANNOTATE)}
 DECODE_THREADS = 8
 
 
-def create_campaign(cfg: DictConfig) -> tuple[Campaign, str | None]:
+def create_campaign(
+    cfg: DictConfig, sources: list[ImageSource] | None = None
+) -> tuple[Campaign, str | None]:
     """Create (or finish creating) the campaign; returns it and the admin token (None when
-    the admin existed already)."""
+    the admin existed already). sources: the images, when the caller chose them (an audit's
+    sample of a dataset); None lists `cfg.input`."""
     directory = Path(str(cfg.dir))
-    try:
-        stage_named(str(cfg.stage))
-    except ValueError as error:
-        raise CampaignError(str(error)) from error
+    _check_stage_and_mode(cfg)
     model_config = _absolute_checkpoint(plain(cfg.model))
     cfg = OmegaConf.merge(cfg, {"model": model_config})  # type: ignore[assignment]
     _claim(directory, cfg)
     campaign = Campaign(directory)
     publish_model(campaign, model_config)
-    sources = list_sources(_inputs(cfg), _options(cfg))
+    if sources is None:
+        sources = list_sources(_inputs(cfg), _options(cfg))
     plan_images(campaign, [(image_key(i + 1), s.source) for i, s in enumerate(sources)])
     _decode_planned(campaign, sources, bool(cfg.progress))
     if cfg.get("labels"):
@@ -74,13 +77,27 @@ def _import(campaign: Campaign, labels: str, format: str | None, progress: bool)
     )
 
 
+def _check_stage_and_mode(cfg: DictConfig) -> None:
+    """A known stage and mode; reviewing modes need proposed masks: stage-2 images."""
+    try:
+        stage = stage_named(str(cfg.stage))
+        mode = mode_named(str(cfg.get("mode", CampaignMode.ANNOTATE)))
+    except ValueError as error:
+        raise CampaignError(str(error)) from error
+    if mode != CampaignMode.ANNOTATE and stage != Stage.SEMI:
+        raise CampaignError(
+            f"mode={mode} reviews proposed masks: give stage=semi with a detector "
+            f"(prefill.detector=...), or use saengine {mode} create <dataset>"
+        )
+
+
 def _claim(directory: Path, cfg: DictConfig) -> None:
     """Write the config and the database, or check that an existing campaign is this one."""
     config_path = directory / CONFIG_FILE
     if config_path.exists():
         previous = OmegaConf.load(config_path)
         assert isinstance(previous, DictConfig)
-        changed = [k for k in IDENTITY_KEYS if plain(previous.get(k)) != plain(cfg.get(k))]
+        changed = [k for k in IDENTITY_KEYS if _identity(previous, k) != _identity(cfg, k)]
         if changed:
             raise CampaignError(
                 f"{directory} holds a campaign with another {', '.join(changed)}; "
@@ -95,6 +112,10 @@ def _claim(directory: Path, cfg: DictConfig) -> None:
     database.close()
     write_atomic(config_path, OmegaConf.to_yaml(cfg, resolve=True))
     data_storage(directory, cfg)  # fails early on a bad data URL
+
+
+def _identity(cfg: DictConfig, key: str) -> Any:
+    return plain(cfg.get(key, IDENTITY_DEFAULTS.get(key)))
 
 
 def _decode_planned(campaign: Campaign, sources: list[ImageSource], progress: bool) -> None:

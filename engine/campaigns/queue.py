@@ -25,7 +25,14 @@ from engine.campaigns.campaign import Campaign, CampaignError
 from engine.campaigns.db import now
 from engine.campaigns.errors import Conflict, Forbidden, NotFound
 from engine.campaigns.events import image_skippers, record_event
-from engine.campaigns.state import ClientAction, EventKind, ImageStatus, Stage
+from engine.campaigns.state import (
+    ClientAction,
+    EventKind,
+    ImageStatus,
+    MaskOrigin,
+    MaskState,
+    Stage,
+)
 from engine.campaigns.versions import current_model
 
 # The names the queue's SQL binds (:queued, :semi, ...); `_names(**more)` adds the rest.
@@ -184,7 +191,6 @@ def end_lease(
     """Finish (image done) or skip (back to the queue) the leased image; returns its new
     status. Repeating a call with the same client_id answers the same; the client_id of
     another action is refused (`engine.campaigns.actions`)."""
-    from engine.campaigns.masks import keep_proposed  # masks imports this module
 
     kind = EventKind.FINISH_IMAGE if finish else EventKind.SKIP_IMAGE
     action = ClientAction.FINISH_IMAGE if finish else ClientAction.SKIP_IMAGE
@@ -211,6 +217,14 @@ def end_lease(
             (status, annotator_id if finish else None, now() if finish else None, image_id),
         )
     return status
+
+
+def keep_proposed(db: sqlite3.Connection, image_id: int) -> None:
+    """The image is finished: its prefilled masks nobody rejected (or answered) are kept."""
+    db.execute(
+        "UPDATE masks SET state = ?, changed = ? WHERE image_id = ? AND origin = ? AND state = ?",
+        (MaskState.KEPT, now(), image_id, MaskOrigin.PREFILLED, MaskState.PROPOSED),
+    )
 
 
 def _after_skip(db: sqlite3.Connection, image_id: int, max_skips: int) -> ImageStatus:

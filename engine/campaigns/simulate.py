@@ -96,7 +96,7 @@ class ScriptedAnnotator:
         existing = [
             decode_rle(m["rle"]) for m in lease["masks"] if m["origin"] == MaskOrigin.MANUAL
         ]
-        existing += self._review_prefilled(lease, targets)
+        existing += self._review_prefilled(lease, targets, decode)
         for target in targets if targets is not None else []:
             if spent >= budget or target.sum() < self.policy.min_area:
                 continue
@@ -154,7 +154,8 @@ class ScriptedAnnotator:
 
         return decode
 
-    def _submit(self, lease: dict[str, Any], outcome: Any) -> None:
+    def _submit(self, lease: dict[str, Any], outcome: Any, path: str = "/api/masks") -> None:
+        """POST the object's mask (to `path`: a new mask, or a proposed mask's correction)."""
         import torch
 
         rle = coco_encode(masks_to_rles(torch.from_numpy(outcome.mask)[None])[0])
@@ -169,7 +170,7 @@ class ScriptedAnnotator:
             "seconds": outcome.seconds,
             "predicted_iou": outcome.predicted_iou,
         }
-        answer = self.client.submit(body)
+        answer = self.client.json("POST", path, json={"client_id": new_client_id(), **body})
         self.report.masks += 1
         self.log(
             {
@@ -194,9 +195,10 @@ class ScriptedAnnotator:
         self.report.skipped += 1
 
     def _review_prefilled(
-        self, lease: dict[str, Any], targets: np.ndarray | None
+        self, lease: dict[str, Any], targets: np.ndarray | None, decode: Callable[..., Prediction]
     ) -> list[np.ndarray]:
-        """Stage 2: reject prefilled masks that match no true object; the rest are kept."""
+        """Stage 2: reject prefilled masks that match no true object; the rest are kept.
+        Returns the masks kept (what the annotator need not add again)."""
         kept = []
         for mask in lease["masks"]:
             if mask["origin"] != MaskOrigin.PREFILLED:
@@ -247,8 +249,11 @@ def simulate(
     policy: AnnotatorPolicy,
     seed: int,
     max_images: int | None = None,
+    make: Callable[..., ScriptedAnnotator] = ScriptedAnnotator,
 ) -> list[AnnotatorReport]:
-    """Run `annotators` scripted annotators concurrently until the queue is empty."""
+    """Run `annotators` scripted annotators concurrently until the queue is empty (or
+    `max_images` are finished); make: builds one (a scripted reviewer, for the audit and
+    verify modes), with the keyword arguments of `ScriptedAnnotator`."""
     index = TruthIndex(truth)
     with campaign.db.read() as db:
         sources = image_sources(db)
@@ -270,7 +275,7 @@ def simulate(
         name = f"sim-{stamp}-{seed}-{number}"
         token = add_annotator(campaign, name)
         client = CampaignClient(url, token)
-        annotator = ScriptedAnnotator(
+        annotator = make(
             name=name,
             client=client,
             truth=index,

@@ -35,7 +35,7 @@ class ImageStatus(StoredName):
 
 class MaskOrigin(StoredName):
     MANUAL = "manual"  # made by an annotator
-    PREFILLED = "prefilled"  # proposed by the stage-2 prefill job
+    PREFILLED = "prefilled"  # proposed by the stage-2 prefill job or taken from a dataset
 
 
 class MaskState(StoredName):
@@ -44,6 +44,7 @@ class MaskState(StoredName):
     PROPOSED = "proposed"  # prefilled, its image not finished yet
     KEPT = "kept"  # prefilled, not rejected when its image was finished
     REJECTED = "rejected"  # prefilled, rejected by an annotator
+    CORRECTED = "corrected"  # prefilled, replaced by the manual mask whose `corrects` names it
 
 
 class Stage(IntEnum):
@@ -97,6 +98,33 @@ class ClientAction(StoredName):
     SKIP_IMAGE = EventKind.SKIP_IMAGE.value
     FINISH_IMAGE = EventKind.FINISH_IMAGE.value
     REJECT_PREFILLED = EventKind.REJECT_PREFILLED.value
+    ANSWER_PROPOSED = "answer_proposed"  # a review's one-key answer (audit, verify)
+    CORRECT_PROPOSED = "correct_proposed"  # an audit's corrected version of a proposed mask
+
+
+class Verdict(StoredName):
+    """A review's answer on a proposed (prefilled) mask (audit and verify modes)."""
+
+    KEEP = "keep"  # right as it is (verify: accepted)
+    CORRECT = "correct"  # audit: replaced by the reviewer's corrected mask
+    REJECT = "reject"  # wrong, or not an object
+
+
+class CampaignMode(StoredName):
+    """What the people of a campaign do (`campaign.yaml`'s `mode`; the page follows it)."""
+
+    ANNOTATE = "annotate"  # stages 1 and 2: make masks (prefilled ones are locked)
+    AUDIT = "audit"  # keep, correct or reject each proposed mask; add the missing ones
+    VERIFY = "verify"  # one key per proposed mask: accept or reject
+
+
+def mode_named(name: str) -> CampaignMode:
+    """The mode a config calls `name`; ValueError for another name."""
+    try:
+        return CampaignMode(name)
+    except ValueError:
+        known = ", ".join(m.value for m in CampaignMode)
+        raise ValueError(f"mode must be one of {known}, got {name!r}") from None
 
 
 class Role(StoredName):
@@ -104,7 +132,17 @@ class Role(StoredName):
     ADMIN = "admin"  # also statistics, and every image
 
 
-SERVED = (ImageStatus, MaskOrigin, MaskState, Stage, RoundStatus, EventKind, Role)
+SERVED = (
+    ImageStatus,
+    MaskOrigin,
+    MaskState,
+    Stage,
+    RoundStatus,
+    EventKind,
+    Role,
+    Verdict,
+    CampaignMode,
+)
 
 
 def served_names() -> dict[str, dict[str, Any]]:

@@ -3,7 +3,9 @@ dataset (tar shards or folders), matched to the campaign's images by source.
 
 A campaign image whose source is a tar member `<tar>#<key>.jpg` matches that tar's
 `<key>.json`; an image given as a file matches the dataset image whose manifest names the
-same source (a dataset written by `saengine generate` from that file).
+same source (a dataset written by `saengine generate` from that file). An image of a dataset
+written by `saengine generate` (an audit's sample of a generation job's output) matches the
+truth of the image it was generated from, which that dataset's manifest names.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from stages.automatic.rle import coco_decode
 class TruthIndex:
     def __init__(self, datasets: list[str]) -> None:
         self.by_source: dict[str, IndexEntry] = {}
+        self.origins: dict[str, dict[str, str]] = {}  # a generated dataset: key -> its input
         for dataset in datasets:
             entries = build_index([dataset])
             for entry in entries:
@@ -35,22 +38,35 @@ class TruthIndex:
     def masks(self, source: str, size_hw: tuple[int, int]) -> np.ndarray | None:
         """The true masks of the image named `source`, N x H x W bool at `size_hw` (the
         campaign's stored size), largest first; None when the truth does not know it."""
-        entry = self.by_source.get(source)
+        entry = self.by_source.get(source) or self.by_source.get(self._origin(source))
         if entry is None:
             return None
         record: dict[str, Any] = json.loads(entry.annotations.read_bytes())
         masks = [coco_decode(a["segmentation"]) for a in record.get("annotations", [])]
         if not masks:
             return np.zeros((0, *size_hw), dtype=bool)
-        resized = [_resize(mask, size_hw) for mask in masks]
+        resized = [resize_mask(mask, size_hw) for mask in masks]
         resized.sort(key=lambda mask: -int(mask.sum()))
         return np.stack(resized)
 
     def __len__(self) -> int:
         return len(self.by_source)
 
+    def _origin(self, source: str) -> str:
+        """The input a generated dataset's image `<folder>/<shard>.tar#<key>.jpg` was made
+        from, as that dataset's manifest names it ("" when there is none)."""
+        tar, _, member = source.partition("#")
+        folder = tar.rpartition("/")[0]
+        if not member or not folder:
+            return ""
+        if folder not in self.origins:
+            rows = _manifest_rows(folder)
+            self.origins[folder] = {r["key"]: r["source"] for r in rows if r["status"] == "ok"}
+        return self.origins[folder].get(member.rpartition(".")[0], "")
 
-def _resize(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+
+def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """An H x W bool mask at another size (bilinear, thresholded at one half)."""
     if mask.shape == size_hw:
         return mask
     image = Image.fromarray(mask.astype(np.uint8) * 255)

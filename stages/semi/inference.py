@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.checkpoint import save_atomic
+from model.checkpoint import load_tagged, save_atomic
 from model.transforms import longest_side_shape
 from stages.semi.detector import BoxDetector, DetectorConfig
 from stages.semi.targets import to_original_frame
@@ -66,14 +66,9 @@ def load_detector(
     path: str | Path, *, device: str | torch.device = "cpu"
 ) -> tuple[BoxDetector, DetectorMetadata]:
     """A saved detector (eval mode, its confident threshold set) and its metadata."""
-    try:
-        payload = torch.load(Path(path), map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # noqa: BLE001 - any unreadable file is the same user error
-        raise DetectorFileError(f"{path} is not a detector file ({error})") from error
-    if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
-        raise DetectorFileError(f"{path} is not a detector file (format {FILE_FORMAT})")
+    payload = load_tagged(
+        path, file_format=FILE_FORMAT, error=DetectorFileError, what="detector", device=device
+    )
     config = dict(payload["config"])
     config["scales"] = tuple(config["scales"])
     detector = BoxDetector(DetectorConfig(**config))

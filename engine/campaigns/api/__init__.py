@@ -13,7 +13,8 @@ embeddings come from the embed job, the decoder runs in the client.
     leases.py    lease, the lease again, heartbeat, finish, skip (and what a lease shows)
     files.py     image bytes, embeddings, decoder files
     masks.py     accept and delete masks, skipped objects, rejected prefilled masks
-    admin.py     health, the caller (with the campaign's names), statistics
+    review.py    answers on proposed masks (audit, verify) and the audit's corrections
+    admin.py     health, the caller (with the campaign's names and mode), statistics
 """
 
 from engine.campaigns.api.app import create_app

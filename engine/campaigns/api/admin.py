@@ -22,8 +22,9 @@ async def health(campaign: Served) -> dict[str, Any]:
 
 
 @router.get("/api/me", response_model=Me, responses=refusals(401))
-def me(who: Who) -> dict[str, Any]:
-    return {"name": who.name, "role": who.role, "names": served_names()}
+def me(campaign: Served, who: Who) -> dict[str, Any]:
+    """The caller, the campaign's names and its mode (the page follows it)."""
+    return {"name": who.name, "role": who.role, "names": served_names(), "mode": campaign.mode}
 
 
 @router.get("/api/stats", responses=refusals(401, 403))

@@ -61,6 +61,7 @@ class Me(BaseModel):
     name: str
     role: str
     names: dict[str, dict[str, str | int]]
+    mode: str
 
 
 class ImageView(BaseModel):
@@ -153,6 +154,16 @@ class ObjectSkipped(BaseModel):
 
 class Rejected(BaseModel):
     rejected: int
+
+
+class Answered(BaseModel):
+    review_id: int
+
+
+class Corrected(BaseModel):
+    mask_id: int
+    created: bool
+    corrects: int
 
 
 def complete_answers(schema: dict[str, Any], *, unlimited: tuple[str, ...]) -> None:

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from engine.campaigns.api import admin, files, leases, masks
+from engine.campaigns.api import admin, files, leases, masks, review
 from engine.campaigns.api.answers import complete_answers
 from engine.campaigns.campaign import Campaign
 from engine.campaigns.errors import RequestError
@@ -25,7 +25,7 @@ from engine.campaigns.limits import (
     ServeLimits,
 )
 
-ROUTERS = (admin.router, leases.router, files.router, masks.router)
+ROUTERS = (admin.router, leases.router, files.router, masks.router, review.router)
 
 
 def create_app(

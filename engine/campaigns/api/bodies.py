@@ -94,3 +94,13 @@ class LeaseAction(Body):
 class RejectIn(Body):
     client_id: ClientId
     lease_id: LeaseId
+
+
+class AnswerIn(Body):
+    """A one-key answer on a proposed mask: verdict keep or reject (`state.Verdict`)."""
+
+    client_id: ClientId
+    lease_id: LeaseId
+    verdict: Annotated[Text, Field(max_length=20)]
+    missing: bool = False
+    seconds: Seconds = 0.0

@@ -32,25 +32,25 @@ CHANGE = refusals(401, 403, 404, 409, 422)
 def submit(body: MaskIn, campaign: Served, who: Who, response: Response) -> dict[str, Any]:
     """Store an accepted mask. A retry with the same client_id and body answers 200 with
     the mask its first attempt stored; the client_id of another action or body is a 409."""
-    mask_id, created = submit_mask(
-        campaign,
-        who.annotator_id,
-        Submission(
-            client_id=body.client_id,
-            lease_id=body.lease_id,
-            image_id=body.image_id,
-            rle=body.rle.model_dump(),
-            model_sha256=body.model_sha256,
-            prompts=body.prompts.plain(),
-            clicks=body.clicks,
-            brush_strokes=body.brush_strokes,
-            seconds=body.seconds,
-            predicted_iou=body.predicted_iou,
-        ),
-    )
+    mask_id, created = submit_mask(campaign, who.annotator_id, as_submission(body))
     if not created:
         response.status_code = 200
     return {"mask_id": mask_id, "created": created}
+
+
+def as_submission(body: MaskIn) -> Submission:
+    return Submission(
+        client_id=body.client_id,
+        lease_id=body.lease_id,
+        image_id=body.image_id,
+        rle=body.rle.model_dump(),
+        model_sha256=body.model_sha256,
+        prompts=body.prompts.plain(),
+        clicks=body.clicks,
+        brush_strokes=body.brush_strokes,
+        seconds=body.seconds,
+        predicted_iou=body.predicted_iou,
+    )
 
 
 @router.delete("/api/masks/{mask_id}", response_model=Deleted, responses=CHANGE)

@@ -6,7 +6,7 @@ import { Assets } from "./assets.js";
 import { maskWarnings } from "./checks.js";
 import { workSize } from "./geometry.js";
 import { bindPointer } from "./input.js";
-import { bindKeys, renderHelp } from "./keys.js";
+import { SHORTCUTS, bindKeys, renderHelp } from "./keys.js";
 import { acceptedEntry, pendingEntry, storedEntry } from "./masks.js";
 import { names } from "./names.js";
 import { Outbox } from "./outbox.js";
@@ -30,6 +30,8 @@ const CHANGES = {
 };
 
 export class App {
+  static SHORTCUTS = SHORTCUTS; // the keys of this mode of the page (keys.js)
+
   constructor({ api, ort, annotator, options }) {
     const el = (id) => document.getElementById(id);
     Object.assign(this, {
@@ -68,13 +70,13 @@ export class App {
       this.bench.pointerHandlers(([x, y]) => this.panel.selectAt(x, y)),
     );
     const actions = this.actions();
-    bindKeys(actions);
+    bindKeys(actions, this.constructor.SHORTCUTS);
     for (const button of document.querySelectorAll("[data-action]"))
       button.addEventListener("click", () => actions[button.dataset.action]());
     el("brush-size").addEventListener("input", (e) =>
       this.bench.setBrushSize(Number(e.target.value)),
     );
-    renderHelp(el("help-body"));
+    renderHelp(el("help-body"), this.constructor.SHORTCUTS);
     window.addEventListener("online", () => this.outbox.flush());
   }
 

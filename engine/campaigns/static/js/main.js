@@ -1,5 +1,5 @@
 // Start-up: load onnxruntime-web from the server's vendor folder, sign in with the
-// annotator's token, start the app. Options in the page's URL: ?threads=N (decoder threads;
+// annotator's token, start the app of the campaign's mode (annotate, audit or verify). Options in the page's URL: ?threads=N (decoder threads;
 // default: all cores up to 4 where the page is cross-origin isolated, else 1),
 // ?decoder=quant (the quantized decoder), ?work=N (long side of the interactive masks),
 // ?warn_iou=X (warn before accepting a mask whose predicted IoU is below X; 0.3),
@@ -7,8 +7,10 @@
 
 import { Api, ApiError, Offline } from "./api.js";
 import { App } from "./app.js";
+import { AuditApp } from "./audit.js";
 import { DUPLICATE_IOU, WARN_IOU } from "./checks.js";
-import { useNames } from "./names.js";
+import { names, useNames } from "./names.js";
+import { VerifyApp } from "./verify.js";
 import { showConnection } from "./status.js";
 
 const TOKEN_KEY = "saengine.token";
@@ -104,7 +106,9 @@ async function main() {
     localStorage.removeItem(TOKEN_KEY);
     location.reload();
   });
-  const app = new App({ api, ort: runtime.ort, annotator, options: settings });
+  const modes = { [names.campaign_mode.AUDIT]: AuditApp, [names.campaign_mode.VERIFY]: VerifyApp };
+  const Mode = modes[annotator.mode] ?? App; // the campaign's mode (annotate: App)
+  const app = new Mode({ api, ort: runtime.ort, annotator, options: settings });
   window.saengine = {
     app,
     stats: () => ({

@@ -112,11 +112,13 @@ function maskRow(entry, index, selectedKey, handlers) {
   row.className = `mask-row ${entry.origin} ${entry.state}${entry.key === selectedKey ? " selected" : ""}`;
   row.dataset.key = entry.key;
   const name = entry.maskId ? `#${entry.maskId}` : "new";
-  const state = {
-    saved: prefilled ? "prefilled, locked" : "saved",
-    sending: "saving…",
-    held: "not saved: lease ended",
-  }[entry.state];
+  const state =
+    entry.label ??
+    {
+      saved: prefilled ? "prefilled, locked" : "saved",
+      sending: "saving…",
+      held: "not saved: lease ended",
+    }[entry.state];
   row.innerHTML = `<span class="swatch" style="background: rgb(${rgb.join(",")})"></span>
     <span class="name">${escapeHtml(name)}</span><span class="state">${escapeHtml(state)}</span>
     <button type="button" class="remove">${prefilled ? "Reject" : "Delete"}</button>`;

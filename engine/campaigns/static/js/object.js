@@ -90,8 +90,7 @@ export class ObjectEditor {
       try {
         if (this.actions[index] !== action) return;
         const prompt = this.promptAt(index + 1);
-        const before = this.stepBefore(index);
-        const maskInput = before ? lowResToken(before.result, before.tokens[before.choice]) : null;
+        const maskInput = this.maskInputBefore(index);
         const result = await this.decode(prompt, maskInput);
         if (this.actions[index] !== action) return;
         const tokens = candidateTokens(prompt.points, prompt.box, result.iou);
@@ -126,6 +125,19 @@ export class ObjectEditor {
     return this.promptAt(this.cursor);
   }
 
+  /** The mask input of prompt action `index`: the previous decode's low-res logits, none
+   * for the first (a correction gives the proposed mask's). */
+  maskInputBefore(index) {
+    const before = this.stepBefore(index);
+    return before ? lowResToken(before.result, before.tokens[before.choice]) : null;
+  }
+
+  /** The mask before any decode, h x w covering the stored image: empty (a correction
+   * starts from the proposed mask). */
+  startMask(h, w) {
+    return new Uint8Array(h * w);
+  }
+
   stepBefore(index) {
     for (let i = index - 1; i >= 0; i -= 1)
       if (this.actions[i].kind !== "stroke") return this.steps[i];
@@ -144,7 +156,7 @@ export class ObjectEditor {
     if (step) {
       step.mask ??= thresholdToken(step.result, step.tokens[step.choice]);
       mask = step.mask.slice();
-    } else mask = new Uint8Array(h * w);
+    } else mask = this.startMask(h, w);
     for (const stroke of this.effectiveStrokes()) applyStroke(mask, w, h, stroke, ...this.scale);
     return mask;
   }

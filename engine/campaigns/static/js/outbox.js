@@ -1,5 +1,5 @@
 // Every change the annotator makes (accepted masks, deletions, skipped objects, rejected
-// prefilled masks, finished or skipped images) waits here, in order and in localStorage,
+// prefilled masks, answers on proposed masks and corrections, finished or skipped images) waits here, in order and in localStorage,
 // until the server has it: a request that gets no answer is sent again with the same client
 // id, so the server stores it once, also across a reload of the page. A request the server
 // refuses is reported; masks refused because their lease ended are held and sent again if
@@ -119,6 +119,14 @@ export class Outbox {
         return this.api.post("api/skip-object", { ...item.body, ...lease });
       case "reject":
         return this.api.post(`api/prefilled/${item.mask_id}/reject`, lease);
+      case "answer": // audit and verify: keep (accept) or reject a proposed mask
+        return this.api.post(`api/proposed/${item.mask_id}/answer`, { ...item.body, ...lease });
+      case "correct": // audit: the corrected version of a proposed mask
+        return this.api.post(`api/proposed/${item.mask_id}/correct`, {
+          ...item.body,
+          ...lease,
+          image_id: item.image_id,
+        });
       case "delete":
         return this.sendDelete(item);
       case "finish":

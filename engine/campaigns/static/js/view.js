@@ -38,6 +38,18 @@ export class Stage {
     this.apply();
   }
 
+  /** Show the box [x, y, w, h] (stored pixels) with `margin` of its size around it, centred
+   * (never zoomed in beyond 4 screen pixels per image pixel). */
+  focus([x, y, w, h], margin = 0.6) {
+    const box = this.viewport.getBoundingClientRect();
+    const [side, tall] = [w * (1 + 2 * margin) + 1, h * (1 + 2 * margin) + 1];
+    this.zoom = clamp(Math.min(box.width / side, box.height / tall), 0.02, 4);
+    this.tx = box.width / 2 - (x + w / 2) * this.zoom;
+    this.ty = box.height / 2 - (y + h / 2) * this.zoom;
+    this.fitted = false;
+    this.apply();
+  }
+
   /** Zoom by `factor` keeping the image point under (clientX, clientY) in place. */
   zoomAt(factor, clientX, clientY) {
     const box = this.viewport.getBoundingClientRect();

@@ -80,7 +80,7 @@ export class Workbench {
     const { height, width } = lease.image;
     if (work[0] === height && work[1] === width) return this.editor.mask();
     const last = this.editor.lastDecode();
-    let mask = new Uint8Array(height * width);
+    let mask = this.editor.startMask(height, width);
     if (last) {
       const result = await decoder.run({
         embedding,
