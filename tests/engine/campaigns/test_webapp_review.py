@@ -20,7 +20,7 @@ from engine.campaigns.masks import insert_prefilled, mask_shape
 from engine.campaigns.queue import current_model
 from engine.models import load_model
 from model import SamPredictor
-from tests.engine.campaigns.browser import Page, start_chromium
+from tests.engine.campaigns.browser import NO_WARNINGS, Page, start_chromium
 from tests.engine.campaigns.webapp import (
     DOG,
     GROCERIES,
@@ -97,7 +97,7 @@ def test_audit_keep_reject_correct_add_and_report(browser) -> None:
     token = add_annotator(campaign, "auditor")
     with served(campaign) as url:
         page = Page(driver, url, "audit")
-        page.open()
+        page.open(NO_WARNINGS)  # the warnings are tested in test_webapp_annotate
         page.sign_in(token)
         page.wait_ready(DOG)
         page.shot("01-proposed")
@@ -164,7 +164,7 @@ def test_verify_one_key_per_mask_then_the_next_image(browser) -> None:
     token = add_annotator(campaign, "verifier")
     with served(campaign) as url:
         page = Page(driver, url, "verify")
-        page.open()
+        page.open(NO_WARNINGS)  # the warnings are tested in test_webapp_annotate
         page.sign_in(token)
         page.wait(lambda: page.body("ready") == "1", "the first mask to verify")
         assert page.body("mode") == "verify" and page.body("image") == str(DOG)

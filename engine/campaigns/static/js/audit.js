@@ -112,6 +112,7 @@ export class AuditApp extends App {
     if (!accepted || !entry)
       return this.notice("The corrected mask is empty: reject it (x) instead.", "warn");
     accepted.body.seconds = (Date.now() - this.reviewSince) / 1000;
+    this.bench.accepted(); // the correction is sent: the next object starts empty
     const { height, width, image_id: imageId } = lease.image;
     const item = this.outbox.push({
       kind: "correct",
