@@ -211,7 +211,7 @@ MIGRATIONS = (
         ),
     ),
     Migration(
-        6,
+        5,
         "boxes imported from a label file (`campaign create labels=`): box prompts waiting "
         "for SAM in the prefill job, one row per box (XYXY in the stored image's pixels)",
         (
