@@ -143,7 +143,8 @@ class RoundRegistry(Generic[R]):
 class RoundRecord:
     """A SAM round: its weights' sha256, its parent (and the parent's sha256), the model
     name, the training shards, its and its parent's held-out metrics, whether it was
-    promoted and why."""
+    promoted and why, and its kind: full (every weight trained) or decoder (the prompt
+    encoder and mask decoder on stored embeddings; the image encoder is its parent's)."""
 
     name: str
     model: str
@@ -155,6 +156,7 @@ class RoundRecord:
     parent_metrics: dict[str, Any] | None
     promoted: bool
     reason: str
+    kind: str = "full"
 
 
 class Registry(RoundRegistry[RoundRecord]):

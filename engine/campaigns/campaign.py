@@ -69,6 +69,7 @@ class Campaign:
         self.db.upgrade()
         self.storage = data_storage(self.dir, loaded)
         self.queue = QueueSettings(**plain(loaded.queue))
+        self._embedding_owners: dict[str, str] = {}  # model versions never change
 
     @property
     def stage(self) -> Stage:
@@ -88,7 +89,17 @@ class Campaign:
         return f"models/{model_sha256[:MODEL_DIR_CHARS]}/{name}"
 
     def embeddings(self, model_sha256: str) -> EmbeddingStore:
-        return EmbeddingStore(self.storage, model_sha256)
+        """The embedding files of a model version: its own, or those of the version whose
+        image encoder it shares (`models.embeddings_sha256`). Not inside a transaction."""
+        if model_sha256 not in self._embedding_owners:
+            with self.db.read() as db:
+                row = db.execute(
+                    "SELECT embeddings_sha256 FROM models WHERE sha256 = ?", (model_sha256,)
+                ).fetchone()
+            if row is None:  # not a version (yet): its own folder
+                return EmbeddingStore(self.storage, model_sha256)
+            self._embedding_owners[model_sha256] = str(row["embeddings_sha256"] or model_sha256)
+        return EmbeddingStore(self.storage, self._embedding_owners[model_sha256])
 
     def runs_dir(self) -> Path:
         path = self.dir / RUNS_DIR

@@ -232,9 +232,10 @@ def round_now(cfg: DictConfig) -> None:
     from engine.campaigns.rounds import run_campaign_round
 
     campaign = Campaign(str(cfg.dir))
-    outcome = run_campaign_round(campaign, _job_config(campaign, OmegaConf.create({})))
+    kind = None if cfg.get("kind") is None else str(cfg.kind)
+    outcome = run_campaign_round(campaign, _job_config(campaign, OmegaConf.create({})), kind=kind)
     state = "promoted: the campaign now uses it" if outcome.promoted else "not promoted"
-    print(f"{outcome.name}: {state} ({outcome.reason})")
+    print(f"{outcome.name} ({outcome.kind} round): {state} ({outcome.reason})")
     if outcome.detector is not None:
         detector = outcome.detector
         state = "promoted: prefill now uses it" if detector["promoted"] else "not promoted"

@@ -220,6 +220,16 @@ MIGRATIONS = (
             "CREATE INDEX IF NOT EXISTS label_boxes_image ON label_boxes (image_id)",
         ),
     ),
+    Migration(
+        6,
+        "a model version with its parent's image encoder (a decoder round's) keeps its "
+        "parent's embeddings: models.encoder_sha256 (of the image encoder's weights) and "
+        "models.embeddings_sha256 (the version whose embedding files it reads; NULL: its own)",
+        (
+            "ALTER TABLE models ADD COLUMN encoder_sha256 TEXT",
+            "ALTER TABLE models ADD COLUMN embeddings_sha256 TEXT",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -46,8 +46,8 @@ class JobTally:
 class JobKind:
     """What differs between the jobs: the lock's name, the worker class and the method it
     runs on a decoded image (with the row's `arguments` after it), the store task (storage,
-    model SHA-256, key, worker result) -> small result or a failure message, and how a small
-    result is recorded (True: done)."""
+    SHA-256 of the model whose embedding files it writes, key, worker result) -> small
+    result or a failure message, and how a small result is recorded (True: done)."""
 
     name: str
     worker_class: type[ModelWorker]
@@ -77,6 +77,8 @@ class ModelJob:
             model_config = model_config_row(db, model_sha256)
         self.campaign, self.kind, self.key = campaign, kind, key
         self.model_sha256, self.resources = model_sha256, resources
+        # Where its embeddings are written: a version may share its parent's files.
+        self.embeddings_sha256 = campaign.embeddings(model_sha256).model_sha256
         self.pool = start_model_workers(
             resources=resources,
             worker_class=kind.worker_class,
@@ -99,7 +101,7 @@ class ModelJob:
             decoded = self.decode.remote(ImageSource(url, url), self.options, storage.options)
             method = getattr(actors[turn % len(actors)], self.kind.method)
             result = method.remote(decoded, *self.kind.arguments(row))
-            return self.store.remote(storage, self.model_sha256, row["key"], result)
+            return self.store.remote(storage, self.embeddings_sha256, row["key"], result)
 
         run_bounded(
             rows,

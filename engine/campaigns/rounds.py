@@ -5,7 +5,10 @@ SA-1B shards, holds out every `holdout_every`-th image for evaluation unless the
 names held-out datasets, runs a retraining round (engine.training: Ray Train, registry,
 promotion against the parent on the same held-out data) and, when the new model is
 promoted, publishes it as the campaign's next model version (decoder exported; the embed
-job then recomputes the embeddings of images not yet done). A campaign with a detector
+job then recomputes the embeddings of images not yet done). `rounds.kind` chooses what a
+round trains: `full` (every weight) or `decoder` (the prompt encoder and mask decoder only,
+on the embeddings the campaign already computed: no image encoder pass, and the promoted
+model keeps those embeddings, so nothing is embedded again). A campaign with a detector
 (stage 2) also retrains the detector on the same export (every kept mask, prefilled or
 manual), from its current one, on the current SAM's embeddings; it is promoted by its own
 held-out metric (`rounds.detector.metric`) and the prefill job then uses it. Annotators keep
@@ -17,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -40,6 +43,7 @@ from engine.errors import first_line
 from engine.models import resolve_checkpoint_reference
 from engine.registry import Registry
 from engine.training.commands import train_config
+from engine.training.decoder import DecoderTrainConfig, check_kind
 from engine.training.rounds import EvalSettings, run_round
 
 
@@ -51,6 +55,7 @@ class RoundOutcome:
     reason: str
     metrics: dict[str, Any]
     detector: dict[str, Any] | None = None
+    kind: str = "full"
 
 
 def new_masks(campaign: Campaign) -> int:
@@ -86,18 +91,24 @@ def registry_root(campaign: Campaign) -> str:
     return str(configured) if configured else str(campaign.dir.resolve() / "registry")
 
 
-def run_campaign_round(campaign: Campaign, cfg: DictConfig) -> RoundOutcome:
-    """Run (or resume) one round; see the module docstring."""
+def run_campaign_round(
+    campaign: Campaign, cfg: DictConfig, *, kind: str | None = None
+) -> RoundOutcome:
+    """Run (or resume) one round; see the module docstring. kind: full | decoder (None:
+    the campaign's `rounds.kind`)."""
+    kind = check_kind(kind or str(campaign.config.rounds.get("kind", "full")))
     with exclusive(campaign, "round"):
         round_id, cutoff = _start(campaign)
         try:
-            return _run(campaign, cfg, round_id, cutoff)
+            return _run(campaign, cfg, round_id, cutoff, kind)
         except Exception as error:
             _fail(campaign, round_id, error)
             raise
 
 
-def _run(campaign: Campaign, cfg: DictConfig, round_id: int, cutoff: int) -> RoundOutcome:
+def _run(
+    campaign: Campaign, cfg: DictConfig, round_id: int, cutoff: int, kind: str
+) -> RoundOutcome:
     tag = f"round_{round_id:03d}"
     data, eval_data = _export(campaign, tag, cutoff)
     settings = campaign.config.rounds
@@ -109,6 +120,13 @@ def _run(campaign: Campaign, cfg: DictConfig, round_id: int, cutoff: int) -> Rou
         model=str(model_config["name"]),
         init_checkpoint=_weights_file(campaign, model_config, sha),
     )
+    if kind == "decoder":
+        train = DecoderTrainConfig(
+            **asdict(train),
+            embeddings=campaign.storage.url(),
+            embeddings_sha256=campaign.embeddings(sha).model_sha256,
+            embeddings_options=dict(campaign.storage.options),
+        )
     with ray_session(cfg) if int(settings.workers) > 0 else contextlib.nullcontext():
         record = run_round(
             registry_root=registry_root(campaign),
@@ -119,18 +137,18 @@ def _run(campaign: Campaign, cfg: DictConfig, round_id: int, cutoff: int) -> Rou
             use_gpu=bool(settings.use_gpu),
             config_yaml=OmegaConf.to_yaml(campaign.config),
             reevaluate_parent=True,
+            kind=kind,
         )
     if record.promoted:
         checkpoint = str(Registry(registry_root(campaign)).checkpoint(record.name))
         model_config = {**model_config, "checkpoint": checkpoint}
         publish_model(campaign, model_config, round_name=record.name)
     detector = _detector_round(campaign, model_config, data, eval_data)
-    _finish(
-        campaign, round_id, record.name, record.promoted, record.reason, record.metrics, detector
+    outcome = RoundOutcome(
+        round_id, record.name, record.promoted, record.reason, record.metrics, detector, kind
     )
-    return RoundOutcome(
-        round_id, record.name, record.promoted, record.reason, record.metrics, detector
-    )
+    _finish(campaign, outcome)
+    return outcome
 
 
 def _detector_round(
@@ -239,21 +257,27 @@ def _export(campaign: Campaign, tag: str, cutoff: int) -> tuple[list[str], list[
     return [train.url], eval_data
 
 
-def _finish(
-    campaign: Campaign,
-    round_id: int,
-    name: str,
-    promoted: bool,
-    reason: str,
-    metrics: dict[str, Any],
-    detector: dict[str, Any] | None = None,
-) -> None:
-    detail = json.dumps({"reason": reason, "metrics": metrics, "detector": detector})
+def _finish(campaign: Campaign, outcome: RoundOutcome) -> None:
+    detail = json.dumps(
+        {
+            "reason": outcome.reason,
+            "kind": outcome.kind,
+            "metrics": outcome.metrics,
+            "detector": outcome.detector,
+        }
+    )
     with campaign.db.write() as db:
         db.execute(
             "UPDATE rounds SET status = ?, name = ?, finished = ?, promoted = ?, detail = ? "
             "WHERE round_id = ?",
-            (RoundStatus.DONE, name, now(), int(promoted), detail, round_id),
+            (
+                RoundStatus.DONE,
+                outcome.name,
+                now(),
+                int(outcome.promoted),
+                detail,
+                outcome.round_id,
+            ),
         )
 
 

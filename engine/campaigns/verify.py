@@ -165,7 +165,7 @@ def run_verify_round(
         sha, _ = export_answers(campaign, examples, plain(cfg.split))
     inputs = VerifierInputs(
         embeddings_root=campaign.storage.root_url,
-        sam_weights_sha256=sha,
+        sam_weights_sha256=campaign.embeddings(sha).model_sha256,
         verifier=from_config(VerifierConfig, cfg.verifier),
         embeddings_options=dict(campaign.storage.options),
     )
@@ -190,14 +190,15 @@ def apply_verifier(campaign: Campaign, path: str) -> AppliedVerifier:
     with campaign.db.read() as db:
         sha = current_model(db)
         rows = verifier_waiting(db)
-    if metadata.sam_weights_sha256 != sha or metadata.threshold is None:
+    embeddings = campaign.embeddings(str(sha))
+    if metadata.sam_weights_sha256 != embeddings.model_sha256 or metadata.threshold is None:
         raise CampaignError(
             f"{path} reads the embeddings of SAM {metadata.sam_weights_sha256[:12]}, the "
             f"campaign's model is {str(sha)[:12]} (or it has no threshold): run saengine "
             "verify round"
         )
     _, examples = examples_of(campaign, rows, labels=[0] * len(rows), parts=[""] * len(rows))
-    scores = score_examples(verifier, examples, campaign.embeddings(str(sha)))
+    scores = score_examples(verifier, examples, embeddings)
     by_image: dict[int, list[VerifierAnswer]] = defaultdict(list)
     for example, score in zip(examples, scores):
         if score >= metadata.threshold:

@@ -1,7 +1,11 @@
 """The campaign's model versions and their embeddings' rows.
 
 Version 0 is the model the campaign was created with, each promoted retraining round adds
-the next. Publishing a version exports its decoder for the browsers (ONNX, and a
+the next. A version whose image encoder is the current version's (a decoder round's model)
+keeps its embeddings: its row names the version whose embedding files it reads
+(`embeddings_sha256`) and the current version's embedding rows are copied to it in the
+transaction that adds it, so the annotators switch to it without any image being embedded
+again. Publishing a version exports its decoder for the browsers (ONNX, and a
 dynamically quantized variant) before its row is written, so a version the database names
 always has its decoder; the newest version is the current model, whose embeddings the embed
 job computes ahead of the queue. An embedding's row (the model-input size it was computed
@@ -57,22 +61,44 @@ def publish_model(
     campaign: Campaign, model_config: dict[str, Any], *, round_name: str | None = None
 ) -> str:
     """Make `model_config` (a `_target_` model config) the campaign's current model;
-    returns its weights SHA-256. Publishing the current model again does nothing."""
+    returns its weights SHA-256. Publishing the current model again does nothing. A model
+    with the current one's image encoder keeps its embeddings (see the module docstring)."""
     sam: Sam = instantiate(model_config)
-    sha = weights_sha256(sam)
+    sha, encoder = weights_sha256(sam), weights_sha256(sam.image_encoder)
     with campaign.db.read() as db:
         known = model_known(db, sha)
-    if not known:
-        export_decoders(campaign, sam, sha)
+        current = db.execute("SELECT * FROM models ORDER BY version DESC LIMIT 1").fetchone()
+    if known:
+        return sha
+    export_decoders(campaign, sam, sha)
+    shared = current is not None and _encoder_sha256(current) == encoder
     with campaign.db.write() as db:
-        if not model_known(db, sha):
-            version = db.execute("SELECT COALESCE(MAX(version) + 1, 0) FROM models").fetchone()[0]
+        if model_known(db, sha):
+            return sha
+        version = db.execute("SELECT COALESCE(MAX(version) + 1, 0) FROM models").fetchone()[0]
+        owner = (current["embeddings_sha256"] or current["sha256"]) if shared else None
+        db.execute(
+            "INSERT INTO models (version, sha256, config, round, created, encoder_sha256, "
+            "embeddings_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (version, sha, json.dumps(model_config), round_name, now(), encoder, owner),
+        )
+        if shared:
             db.execute(
-                "INSERT INTO models (version, sha256, config, round, created) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (version, sha, json.dumps(model_config), round_name, now()),
+                "INSERT OR IGNORE INTO embeddings (image_id, model_sha256, input_h, input_w, "
+                "created) SELECT image_id, ?, input_h, input_w, created FROM embeddings "
+                "WHERE model_sha256 = ?",
+                (sha, current["sha256"]),
             )
     return sha
+
+
+def _encoder_sha256(row: sqlite3.Row) -> str:
+    """A version's image encoder SHA-256 (computed for a version recorded before the
+    database kept it)."""
+    if row["encoder_sha256"]:
+        return str(row["encoder_sha256"])
+    sam: Sam = instantiate(json.loads(row["config"]))
+    return weights_sha256(sam.image_encoder)
 
 
 def export_decoders(campaign: Campaign, sam: Sam, model_sha256: str) -> None:

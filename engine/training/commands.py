@@ -111,8 +111,9 @@ def run_round_command(cfg: DictConfig) -> None:
             workers=workers,
             use_gpu=bool(cfg.use_gpu),
             config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+            kind=str(cfg.get("kind", "full")),
         )
     state = "promoted to latest" if record.promoted else "not promoted"
-    print(f"{record.name}: {state} ({record.reason})")
+    print(f"{record.name} ({record.kind} round): {state} ({record.reason})")
     print(format_metrics(record.metrics))
     print(f"registry: {cfg.registry} (latest, rounds/, metrics.png)")

@@ -2,19 +2,28 @@
 register the new model, and promote it only if it beats its parent.
 
 The parent is the registry's promoted model (`latest`), or `init_checkpoint` for the first
-round. Training runs in `<registry>/work/<round>/` and resumes there if the round is rerun
-after a failure. The round's record says which shards it trained on, both models' metrics,
-and why it was or was not promoted.
+round. A round's kind is `full` (the whole model, `engine.training.trainer`) or `decoder`
+(the prompt encoder and mask decoder on stored or once-computed embeddings,
+`engine.training.decoder`); the registry records it. Training runs in
+`<registry>/work/<round>/` and resumes there if the round is rerun after a failure. The
+round's record says which shards it trained on, both models' metrics, and why it was or was
+not promoted.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from engine.dataset.reader import build_index
 from engine.registry import Registry, RoundRecord
+from engine.training.decoder import (
+    DecoderTrainConfig,
+    check_kind,
+    train_decoder_in_process,
+    train_decoder_with_ray,
+)
 from engine.training.evaluate import EvalResult, evaluate
 from engine.training.trainer import MODEL_FILE, TrainConfig, train_in_process, train_with_ray
 from model import build_sam
@@ -71,19 +80,19 @@ def run_round(
     use_gpu: bool = False,
     config_yaml: str = "",
     reevaluate_parent: bool = False,
+    kind: str = "full",
 ) -> RoundRecord:
     """Run the next round; returns its record (registered, promoted or not).
     reevaluate_parent: evaluate the parent again on `eval_data` instead of taking its
-    recorded metrics (for held-out data that grows between rounds, as in a campaign)."""
+    recorded metrics (for held-out data that grows between rounds, as in a campaign);
+    kind: full | decoder (a decoder round reads the embeddings `train` names, if it is a
+    `DecoderTrainConfig`, else computes them once)."""
     registry = Registry(registry_root)
     parent = registry.latest()
     name = registry.next_round_name()
     start = str(registry.checkpoint(parent)) if parent else train.init_checkpoint
     config = replace(train, init_checkpoint=start, output=str(registry.work_dir(name)))
-    if workers > 0:
-        train_with_ray(config, workers=workers, use_gpu=use_gpu)
-    else:
-        train_in_process(config)
+    _train(config, kind=check_kind(kind), workers=workers, use_gpu=use_gpu)
     model_file = Path(config.output) / MODEL_FILE
     metrics = evaluate_checkpoint(config.model, str(model_file), eval_data, eval_settings)
     parent_metrics = None
@@ -105,10 +114,25 @@ def run_round(
         parent_metrics=parent_metrics,
         promoted=promoted,
         reason=reason,
+        kind=kind,
     )
     record = registry.register(record, artifact_file=model_file, config_yaml=config_yaml)
     plot_rounds(registry)
     return record
+
+
+def _train(config: TrainConfig, *, kind: str, workers: int, use_gpu: bool) -> None:
+    if kind == "decoder":
+        decoder = config if isinstance(config, DecoderTrainConfig) else None
+        decoder = decoder or DecoderTrainConfig(**asdict(config))
+        if workers > 0:
+            train_decoder_with_ray(decoder, workers=workers, use_gpu=use_gpu)
+        else:
+            train_decoder_in_process(decoder)
+    elif workers > 0:
+        train_with_ray(config, workers=workers, use_gpu=use_gpu)
+    else:
+        train_in_process(config)
 
 
 def _decide(

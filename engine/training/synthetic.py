@@ -6,6 +6,12 @@ made of two parts with different textures (a body and an attached cap): their pa
 whole object are all annotated, so a point on a part is ambiguous between part and whole,
 as in the paper's multimask setting. No pretrained weights are needed to make them, which
 is why tests, the bundled model and evaluation use them.
+
+Two families (`SceneOptions.family`): `shapes`, what the bundled model was trained on
+(ellipses, rectangles and triangles with stripes, checks, speckle or gradients); and
+`clutter`, a domain it has not seen: stars, rings (with a hole), crescents and wavy blobs
+with dots, concentric rings or plaid, over a background strewn with small unannotated marks
+under an uneven light. The loop benchmark's campaigns annotate `clutter` scenes.
 """
 
 from __future__ import annotations
@@ -22,19 +28,24 @@ from stages.automatic.geometry import box_xyxy_to_xywh
 from stages.automatic.rle import coco_encode, masks_to_rles
 
 SPLIT_SEEDS = {"train": 0, "val": 1_000_003, "test": 2_000_003}
+FAMILIES = ("shapes", "clutter")
 
 
 @dataclass(frozen=True)
 class SceneOptions:
     """size: image side in pixels; objects: (min, max) per scene; min_area: smallest mask
-    kept (pixels); part_probability: chance that an object has two parts."""
+    kept (pixels); part_probability: chance that an object has two parts; family: shapes |
+    clutter (see the module docstring)."""
 
     size: int = 256
     objects: tuple[int, int] = (3, 7)
     min_area: int = 48
     part_probability: float = 0.4
+    family: str = "shapes"
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
         if self.size < 32:
             raise ValueError(f"scene size must be >= 32, got {self.size}")
         if not 1 <= self.objects[0] <= self.objects[1]:
@@ -85,6 +96,69 @@ def _shape(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.asarray((v >= -ry) & (np.abs(u) <= rx * (ry - v) / (2 * ry)))
 
 
+def _clutter_texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """The clutter family's textures: dots, concentric rings or plaid (H x W x 3 float)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    base = rng.uniform(20, 235, 3).astype(np.float32)
+    other = rng.uniform(20, 235, 3).astype(np.float32)
+    kind = rng.integers(3)
+    freq = rng.uniform(6, 20)
+    if kind == 0:
+        cells = (xx * freq % 1 - 0.5) ** 2 + (yy * freq % 1 - 0.5) ** 2
+        weight = cells < rng.uniform(0.02, 0.1)
+    elif kind == 1:
+        cx, cy = rng.uniform(0, 1, 2)
+        weight = np.sin(np.hypot(xx - cx, yy - cy) * freq * np.pi) > 0
+    else:
+        weight = (np.sin(xx * freq * np.pi) > 0.6) | (np.sin(yy * freq * np.pi) > 0.6)
+    weight = np.asarray(weight, dtype=np.float32)[:, :, None]
+    return base * (1 - 0.45 * weight) + other * 0.45 * weight
+
+
+def _clutter_shape(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A star, ring, crescent or wavy blob, as an H x W bool mask."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    cx, cy = rng.uniform(0.15, 0.85, 2) * size
+    radius = rng.uniform(0.12, 0.3) * size
+    dx, dy = xx - cx, yy - cy
+    distance, angle = np.hypot(dx, dy), np.arctan2(dy, dx)
+    kind = rng.integers(4)
+    if kind == 0:
+        points, depth = int(rng.integers(4, 8)), rng.uniform(0.2, 0.4)
+        edge = radius * (1 - depth * (0.5 + 0.5 * np.cos(points * angle + rng.uniform(0, 6))))
+        return np.asarray(distance <= edge)
+    if kind == 1:
+        return np.asarray((distance <= radius) & (distance >= radius * rng.uniform(0.3, 0.55)))
+    if kind == 2:
+        shift = radius * rng.uniform(0.6, 1.0)
+        turn = rng.uniform(0, 2 * np.pi)
+        inner = np.hypot(dx - shift * np.cos(turn), dy - shift * np.sin(turn)) <= radius * 0.9
+        return np.asarray((distance <= radius) & ~inner)
+    wave = sum(rng.uniform(0.05, 0.18) * np.cos(k * angle + rng.uniform(0, 6)) for k in range(2, 6))
+    return np.asarray(distance <= radius * (1 + wave))
+
+
+def _clutter_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A clutter texture strewn with small marks (unannotated), under an uneven light."""
+    canvas = _clutter_texture(rng, size) * 0.8
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    for _ in range(int(rng.integers(25, 45))):
+        cx, cy = rng.uniform(0, size, 2)
+        length, turn = rng.uniform(3, 12), rng.uniform(0, np.pi)
+        u = (xx - cx) * np.cos(turn) + (yy - cy) * np.sin(turn)
+        v = -(xx - cx) * np.sin(turn) + (yy - cy) * np.cos(turn)
+        mark = (np.abs(u) <= length) & (np.abs(v) <= rng.uniform(0.8, 2.5))
+        canvas[mark] = rng.uniform(20, 235, 3)
+    return canvas
+
+
+def _light(rng: np.random.Generator, size: int) -> np.ndarray:
+    """An uneven light over the scene: H x W x 1 factor in about [0.6, 1.1]."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    cx, cy = rng.uniform(0, 1, 2)
+    return np.asarray(1.1 - 0.5 * np.clip(np.hypot(xx - cx, yy - cy), 0, 1))[:, :, None]
+
+
 def _cap(rng: np.random.Generator, body: np.ndarray) -> np.ndarray:
     """A disc attached to the body's edge (the second part of a two-part object)."""
     ys, xs = np.nonzero(body)
@@ -97,18 +171,19 @@ def _cap(rng: np.random.Generator, body: np.ndarray) -> np.ndarray:
 
 
 def make_scene(rng: np.random.Generator, options: SceneOptions) -> Scene:
-    size = options.size
-    canvas = _texture(rng, size) * 0.8
+    size, clutter = options.size, options.family == "clutter"
+    texture, shape = (_clutter_texture, _clutter_shape) if clutter else (_texture, _shape)
+    canvas = _clutter_background(rng, size) if clutter else _texture(rng, size) * 0.8
     layers: list[list[np.ndarray]] = []  # per object: [whole] or [whole, body, cap]
     for _ in range(int(rng.integers(options.objects[0], options.objects[1] + 1))):
-        body = _shape(rng, size)
+        body = shape(rng, size)
         if body.sum() < options.min_area:
             continue
         parts = [body]
         if rng.random() < options.part_probability:
             parts.append(_cap(rng, body))
         for part in parts:
-            canvas[part] = _texture(rng, size)[part]
+            canvas[part] = texture(rng, size)[part]
         whole = np.logical_or.reduce(parts)
         layers.append([whole, *parts] if len(parts) > 1 else [whole])
     masks = []
@@ -117,6 +192,8 @@ def make_scene(rng: np.random.Generator, options: SceneOptions) -> Scene:
         visible = [mask & ~covered for mask in group]
         covered |= group[0]
         masks += [mask for mask in visible if mask.sum() >= options.min_area]
+    if clutter:
+        canvas = canvas * _light(rng, size)
     noise = rng.normal(0, 4, canvas.shape)
     image = np.clip(canvas + noise, 0, 255).astype(np.uint8)
     stacked = np.stack(masks) if masks else np.zeros((0, size, size), dtype=bool)
@@ -198,6 +275,7 @@ def run_synth(cfg: DictConfig) -> None:
         objects=(int(cfg.objects[0]), int(cfg.objects[1])),
         min_area=int(cfg.min_area),
         part_probability=float(cfg.part_probability),
+        family=str(cfg.family),
     )
     shards = write_synthetic_dataset(
         str(cfg.output),

@@ -11,6 +11,7 @@ import pytest
 
 from engine.campaigns.campaign import Campaign
 from engine.campaigns.server_process import start_server
+from engine.campaigns.versions import newest_embedded_version
 from tests.engine.campaigns.campaignrun import SHORT_ROUND, create, query, simulate
 from tests.engine.jobrun import processes_named, run_saengine, wait_for
 
@@ -80,6 +81,7 @@ def test_stage_1_end_to_end_with_triggered_rounds_that_switch_the_model(
     wait_for(lambda: not processes_named(f"campaign round {folder}"), "rounds to end")
     done = query(folder, "SELECT COUNT(*) FROM rounds WHERE status = 'done'")[0][0]
     assert done >= 2
+    _a_decoder_round_keeps_the_embeddings(folder)
     result = run_saengine("campaign", "stats", str(folder), "json=true")
     assert result.returncode == 0, result.stderr[-2000:]
     stats = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
@@ -94,3 +96,44 @@ def test_stage_1_end_to_end_with_triggered_rounds_that_switch_the_model(
     assert exported.returncode == 0, exported.stderr[-2000:]
     inspected = run_saengine("inspect", str(tmp_path / "export"))
     assert inspected.returncode == 0, inspected.stdout[-2000:]
+
+
+def _a_decoder_round_keeps_the_embeddings(folder: Path) -> None:
+    """A decoder round (`campaign round kind=decoder`) on the same campaign: the promoted
+    model's decoder is exported, it keeps its parent's image encoder and reads its
+    parent's embedding files (each embedded image has a row for it at once, no file is
+    written), and the next leases are served with it."""
+    (old_sha,) = query(folder, "SELECT sha256 FROM models ORDER BY version DESC LIMIT 1")[0]
+    embedded = run_saengine("campaign", "embed", str(folder), "progress=false")
+    assert embedded.returncode == 0, embedded.stderr[-2000:]
+    files = {p: p.stat().st_mtime_ns for p in (folder / "embeddings").rglob("*.npy")}
+    result = run_saengine("campaign", "round", str(folder), "kind=decoder")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(decoder round): promoted" in result.stdout, result.stdout
+    new_sha, round_name, owner = query(
+        folder, "SELECT sha256, round, embeddings_sha256 FROM models ORDER BY version DESC"
+    )[0]
+    assert new_sha != old_sha and owner is not None
+    assert (
+        json.loads(query(folder, "SELECT detail FROM rounds ORDER BY round_id DESC")[0][0])["kind"]
+        == "decoder"
+    )
+    record = json.loads((folder / "registry" / "rounds" / round_name / "round.json").read_text())
+    assert record["kind"] == "decoder"
+    assert (folder / "models" / new_sha[:16] / "decoder.onnx").is_file()
+    count = "SELECT COUNT(*) FROM embeddings WHERE model_sha256 = ?"
+    assert query(folder, count, new_sha) == query(folder, count, old_sha) != [(0,)]
+    now = {p: p.stat().st_mtime_ns for p in (folder / "embeddings").rglob("*.npy")}
+    assert now == files, "no embedding was written again"
+    campaign = Campaign(folder)
+    image_id, key = query(
+        folder,
+        "SELECT i.image_id, i.key FROM images i JOIN embeddings e USING (image_id) "
+        "WHERE i.status = 'queued' AND e.model_sha256 = ?",
+        old_sha,
+    )[0]
+    with campaign.db.read() as db:
+        served = newest_embedded_version(db, image_id)
+    assert served is not None and served["sha256"] == new_sha  # what a lease serves
+    store = campaign.embeddings(new_sha)
+    assert store.read_bytes(key) == campaign.embeddings(old_sha).read_bytes(key)
