@@ -44,7 +44,7 @@ from engine.training.synthetic import SceneOptions, write_synthetic_dataset
 from stages.assisted.annotator import AnnotatorPolicy
 
 UNSEEN = SceneOptions(family="clutter")
-HELD_OUT_IMAGES = 16
+HELD_OUT_IMAGES = 12
 POLL_S = 1.0
 
 
@@ -84,7 +84,7 @@ def create_campaign(folder: Path, scenes: Path, held_out: Path, args: argparse.N
         f"rounds.train.warmup_steps={max(1, args.steps // 10)}",
         "rounds.train.decay_at=[0.8]",
         f"rounds.eval.max_images={HELD_OUT_IMAGES}",
-        "rounds.eval.max_masks=8",
+        "rounds.eval.max_masks=6",
         "rounds.eval.points_per_side=4",
     )
 
@@ -261,12 +261,12 @@ def run_loop(root: Path, args: argparse.Namespace, started: float) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4, help="rounds (segments: rounds + 1)")
-    parser.add_argument("--masks-per-round", type=int, default=60, help="retrain_every")
-    parser.add_argument("--steps", type=int, default=60, help="training steps per round")
-    parser.add_argument("--iterations", type=int, default=11, help="simulated iterations")
-    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--masks-per-round", type=int, default=40, help="retrain_every")
+    parser.add_argument("--steps", type=int, default=40, help="training steps per round")
+    parser.add_argument("--iterations", type=int, default=5, help="simulated iterations")
+    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--kind", choices=("decoder", "full"), default="decoder")
-    parser.add_argument("--images", type=int, default=120, help="campaign images")
+    parser.add_argument("--images", type=int, default=100, help="campaign images")
     parser.add_argument("--plot", type=Path, default=Path("loop.png"))
     parser.add_argument("--keep", type=Path, default=None, help="keep the campaign here")
     args = parser.parse_args()

@@ -21,7 +21,7 @@ from engine.registry import Registry
 from engine.storage import Storage
 from engine.training.decoder import DecoderTrainConfig, check_kind, decoder_loop
 from engine.training.rounds import EvalSettings, run_round
-from engine.training.synthetic import SceneOptions, write_synthetic_dataset
+from engine.training.synthetic import SceneOptions, make_scene, write_synthetic_dataset
 from model import SamPredictor, build_sam
 
 UNSEEN = SceneOptions(size=64, objects=(1, 2), min_area=200, part_probability=0.0, family="clutter")
@@ -124,3 +124,15 @@ def test_round_kinds_are_checked() -> None:
         check_kind("encoder")
     with pytest.raises(ValueError, match="embeddings_sha256"):
         DecoderTrainConfig(data=("x",), output="y", embeddings="store")
+
+
+def test_the_clutter_family_is_its_own_deterministic_scenes() -> None:
+    options = SceneOptions(size=96, family="clutter")
+    first = make_scene(np.random.default_rng(3), options)
+    again = make_scene(np.random.default_rng(3), options)
+    shapes = make_scene(np.random.default_rng(3), SceneOptions(size=96))
+    assert np.array_equal(first.image, again.image) and len(first.masks) > 0
+    assert not np.array_equal(first.image, shapes.image)
+    assert all(mask.sum() >= options.min_area for mask in first.masks)
+    with pytest.raises(ValueError, match="shapes, clutter"):
+        SceneOptions(family="photos")
