@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import resource
+import sys
 import tempfile
 import threading
 import time
@@ -285,29 +286,59 @@ def project(rate: float, driver_ms: float, gpu_seconds: list[float]) -> None:
         )
 
 
-@contextlib.contextmanager
-def local_cluster() -> Iterator[dict[str, Any]]:
-    """A head and three worker nodes started with `ray start` on this machine; yields the
-    options that place a stand-in model worker on a worker node."""
+def on_local_cluster(args: argparse.Namespace) -> dict[str, Any]:
+    """The batched pipeline inside a Ray job (`ray job submit`, its driver on the head) on a
+    head and three worker nodes started with `ray start` on this machine, each worker node
+    able to host one stand-in model worker (`model_node`)."""
+    import subprocess
+
     from tests.engine.raycluster import LocalCluster
 
     cluster = LocalCluster.create()
     cluster.env["PYTHONPATH"] = os.pathsep.join(
         [str(REPOSITORY), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
-    saved = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
     try:
         cluster.start_head(num_cpus=1)
         for _ in range(3):
             cluster.add_node(num_cpus=1, resources={"model_node": 1})
-        os.environ.update({name: cluster.env[name] for name in saved})
-        ray.init(address=cluster.address, log_to_driver=False)
-        yield {"resources": {"model_node": 1}}
+        options = ["--images", str(args.images), "--per-shard", str(args.per_shard)]
+        options += ["--workers", str(args.workers), "--batch", str(args.batch)]
+        options += ["--flight", str(args.flight)] if args.flight else []
+        job = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "job", "submit", "--"]
+            + [sys.executable, "-m", "benchmarks.bench_scale", "--inside-cluster", *options],
+            capture_output=True,
+            text=True,
+            env={**cluster.env, "RAY_ADDRESS": cluster.dashboard},
+            timeout=3600,
+        )
+    finally:
+        cluster.stop()
+    lines = [line for line in job.stdout.splitlines() if line.startswith(("multi-node", "  "))]
+    print("\n".join(lines))
+    found = [line for line in job.stdout.splitlines() if line.startswith("{")]
+    if job.returncode != 0 or not found:
+        raise RuntimeError(f"the job on the local cluster failed:\n{job.stdout[-3000:]}")
+    result: dict[str, Any] = json.loads(found[-1])
+    return result
+
+
+def in_cluster(args: argparse.Namespace, plans: Storage, root: Path) -> dict[str, Any]:
+    """The multi-node run's measure, inside its Ray job."""
+    ray.init(address="auto", log_to_driver=False)
+    try:
+        run = Run(plans=plans, out=root / "cluster", count=args.images, per_shard=args.per_shard)
+        measure = run_core(
+            run,
+            batch=args.batch,
+            flight=args.flight,
+            workers=args.workers,
+            actor_options={"resources": {"model_node": 1}},
+        )
+        return report("multi-node (head + 3 worker nodes), batched", measure)
     finally:
         ray.shutdown()
-        cluster.stop()
-        for name, value in saved.items():
-            os.environ.pop(name, None) if value is None else os.environ.update({name: value})
 
 
 def main() -> None:
@@ -320,6 +351,9 @@ def main() -> None:
     parser.add_argument("--baseline-images", type=int, default=2000, help="0: no baseline")
     parser.add_argument("--ray-data-images", type=int, default=0, help="0: no Ray Data run")
     parser.add_argument("--no-cluster", action="store_true", help="no multi-node run")
+    parser.add_argument(
+        "--inside-cluster", action="store_true", help="(the multi-node run's job: measure only)"
+    )
     parser.add_argument("--run-rows", type=int, default=20_000, help="plan rows sorted in memory")
     parser.add_argument(
         "--gpu-seconds",
@@ -337,7 +371,13 @@ def main() -> None:
         info = write_plan(plans, [make_inputs(root, args.images)], {}, run_rows=args.run_rows)
         seconds = time.perf_counter() - start
         print(f"plan: {info.num_images} images listed and sorted in {seconds:.1f} s")
+        if args.inside_cluster:
+            print(json.dumps(in_cluster(args, plans, root)))
+            return
         result = measure_all(args, plans, root)
+    if not args.no_cluster:
+        result["cluster"] = on_local_cluster(args)
+    project(result["images_per_s"], result["driver_cpu_ms_per_image"], args.gpu_seconds)
     print(json.dumps(result))
 
 
@@ -369,11 +409,6 @@ def measure_all(args: argparse.Namespace, plans: Storage, root: Path) -> dict[st
     if "baseline" in result:
         ratio = result["images_per_s"] / result["baseline"]["images_per_s"]
         print(f"batched / baseline: {ratio:.1f}x images/s")
-    if not args.no_cluster:
-        with local_cluster() as placement:
-            measure = core("cluster", args.images, args.batch, args.flight, **placement)
-            result["cluster"] = report("multi-node (head + 3 worker nodes), batched", measure)
-    project(result["images_per_s"], result["driver_cpu_ms_per_image"], args.gpu_seconds)
     return result
 
 

@@ -20,7 +20,7 @@ from benchmarks.bench_scale import InstantModelWorker, Measure, Run, measured
 from engine.dataset import STATUS_OK, ManifestRow
 from engine.dataset.writer import commit_shard
 from engine.generation.finish import finish_batch
-from engine.generation.plan import ImagePlan
+from engine.generation.plan import ImagePlan, plan_batches
 from engine.images import ImageOptions
 from engine.storage import Storage
 from engine.workers.decode import decode_sources
@@ -56,8 +56,9 @@ def finish(batch: dict[str, np.ndarray], storage: Storage) -> dict[str, np.ndarr
     plans: list[ImagePlan] = list(batch["plan"])
     for shard in sorted({plan.shard for plan in plans}):
         mine = [i for i, plan in enumerate(plans) if plan.shard == shard]
+        (columns,) = plan_batches([plans[i] for i in mine], len(mine))
         rows += finish_batch(
-            [plans[i] for i in mine],
+            columns,
             [batch["decoded"][i] for i in mine],
             [batch["candidates"][i] for i in mine],
             storage=storage,

@@ -9,7 +9,7 @@ from typing import Any
 
 from engine.dataset import ManifestRow, dumps_json
 from engine.dataset.writer import StagedFiles, error_row, image_entry, numbered, ok_row, stage_piece
-from engine.generation.plan import ImagePlan
+from engine.generation.plan import ImagePlan, PlanBatch
 from engine.images import DecodedImage
 from engine.storage import Storage
 from engine.workers.decode import Failure, guarded
@@ -18,7 +18,7 @@ from stages.automatic.columns import MaskColumns
 
 
 def finish_batch(
-    plans: list[ImagePlan],
+    batch: PlanBatch,
     decoded: list[DecodedImage | Failure],
     candidates: list[MaskColumns | Failure],
     *,
@@ -28,6 +28,7 @@ def finish_batch(
     """Post-processing and SA-1B JSON of each image of a batch (all of one shard, in image
     order), their files staged as one piece named by the first image; returns their manifest
     rows (an image that failed anywhere is an error row, the others go on)."""
+    plans = batch.plans()
     rows: list[ManifestRow] = []
     staged: list[StagedFiles] = []
     for plan, image, masks in zip(plans, decoded, candidates, strict=True):

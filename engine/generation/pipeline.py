@@ -30,10 +30,10 @@ from engine.dataset import STATUS_OK, ManifestRow
 from engine.dataset.writer import ShardInfo, commit_shard
 from engine.errors import first_line
 from engine.generation.finish import failed_row, finish_batch
-from engine.generation.plan import ImagePlan
-from engine.images import ImageOptions
+from engine.generation.plan import ImagePlan, PlanBatch, plan_batches
+from engine.images import DecodedImage, ImageOptions
 from engine.storage import Storage
-from engine.workers.decode import decode_sources
+from engine.workers.decode import Failure, decode_sources
 from engine.workers.pool import TASK_RETRIES, Resources
 from stages.automatic import GeneratorConfig
 
@@ -63,16 +63,11 @@ class ShardState:
     pieces: list[int] = field(default_factory=list)
 
 
-def batches(plans: Iterable[ImagePlan], size: int) -> Iterator[list[ImagePlan]]:
-    """Consecutive images of the plan, at most `size` at a time, never two shards in one."""
-    batch: list[ImagePlan] = []
-    for plan in plans:
-        if batch and (len(batch) == size or plan.shard != batch[0].shard):
-            yield batch
-            batch = []
-        batch.append(plan)
-    if batch:
-        yield batch
+def decode_batch(
+    batch: PlanBatch, options: ImageOptions, storage_options: dict[str, Any]
+) -> list[DecodedImage | Failure]:
+    """The decode task of a batch."""
+    return decode_sources(batch.image_sources(), options, storage_options)
 
 
 class Pipeline:
@@ -96,13 +91,13 @@ class Pipeline:
         on_shard: Callable[[ShardInfo], None] = lambda info: None,
         should_stop: Callable[[], str | None] = lambda: None,
     ) -> None:
-        self.queue: Iterator[list[ImagePlan]] = batches(plans, resources.batch_size)
-        self.pending: list[ImagePlan] | None = next(self.queue, None)
+        self.queue: Iterator[PlanBatch] = plan_batches(plans, resources.batch_size)
+        self.pending: PlanBatch | None = next(self.queue, None)
         self.shard_size = shard_size
         self.workers = workers
         self.queued = [0] * len(workers)
         self.shards: dict[int, ShardState] = {}
-        self.batches: dict[Any, tuple[list[ImagePlan], int]] = {}
+        self.batches: dict[Any, tuple[PlanBatch, int]] = {}
         self.in_flight = 0
         self.commits: dict[Any, int] = {}
         self.storage = storage
@@ -113,7 +108,7 @@ class Pipeline:
         self.ray_calls = 0
         cpus = resources.cpus_per_task
         task: Any = ray.remote(num_cpus=cpus, max_retries=TASK_RETRIES)
-        self.decode = task(decode_sources)
+        self.decode = task(decode_batch)
         self.finish = task(finish_batch)
         self.commit = task(commit_shard)
         self.storage_ref = ray.put(storage)
@@ -171,13 +166,11 @@ class Pipeline:
                 "are kept: rerun the job when the capacity is back"
             )
 
-    def _submit(self, batch: list[ImagePlan]) -> None:
-        shard = batch[0].shard
-        if shard not in self.shards:
-            self.shards[shard] = ShardState(remaining=self.shard_size(shard))
+    def _submit(self, batch: PlanBatch) -> None:
+        if batch.shard not in self.shards:
+            self.shards[batch.shard] = ShardState(remaining=self.shard_size(batch.shard))
         worker = min(range(len(self.workers)), key=lambda i: self.queued[i])
-        sources = [plan.source for plan in batch]
-        decoded = self.decode.remote(sources, self.image_options, self.storage_options)
+        decoded = self.decode.remote(batch, self.image_options, self.storage_options)
         candidates = self.workers[worker].generate_batch.remote(decoded)
         rows = self.finish.remote(
             batch,
@@ -208,12 +201,12 @@ class Pipeline:
         except RayTaskError as error:
             # An unexpected failure of the whole batch: error rows, and the job goes on.
             message = f"internal error: {first_line(error)}"
-            rows = [failed_row(plan, message) for plan in batch]
-        shard = batch[0].shard
+            rows = [failed_row(plan, message) for plan in batch.plans()]
+        shard = batch.shard
         state = self.shards[shard]
         state.rows += rows
         if any(row.status == STATUS_OK for row in rows):
-            state.pieces.append(batch[0].image_id)
+            state.pieces.append(batch.image_ids[0])
         self.on_rows(rows)
         state.remaining -= len(batch)
         if state.remaining == 0:
@@ -222,8 +215,8 @@ class Pipeline:
             self.ray_calls += 1
             self.commits[commit] = shard
 
-    def _retry(self, batch: list[ImagePlan]) -> bool:
-        first = batch[0].image_id
+    def _retry(self, batch: PlanBatch) -> bool:
+        first = batch.image_ids[0]
         tries = self.retries.get(first, 0)
         if tries >= TASK_RETRIES:
             return False

@@ -5,24 +5,28 @@ size (a local Ray with a stand-in model worker)."""
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import ray
+import torch
 
 from benchmarks.bench_scale import InstantModelWorker, make_inputs
 from engine.dataset import STATUS_OK, read_manifest
 from engine.dataset.writer import commit_shard, stage_image, stage_piece
 from engine.generation.finish import finish_batch
-from engine.generation.pipeline import Pipeline, batches
-from engine.generation.plan import ImagePlan, iter_plan, write_plan
+from engine.generation.pipeline import Pipeline
+from engine.generation.plan import ImagePlan, iter_plan, plan_batches, write_plan
 from engine.images import ImageOptions
 from engine.sources import ImageSource
 from engine.storage import Storage
 from engine.workers.decode import Failure, decode_sources
 from engine.workers.pool import Resources
 from stages.automatic import GeneratorConfig
+from stages.automatic.columns import MaskColumns
 from tests.engine.jobrun import dataset_files
 
 
@@ -40,10 +44,10 @@ def _plans(count: int, per_shard: int) -> list[ImagePlan]:
 
 @pytest.mark.parametrize(("count", "per_shard", "size"), [(10, 4, 3), (10, 4, 4), (7, 10, 2)])
 def test_batches_never_span_two_shards(count: int, per_shard: int, size: int) -> None:
-    found = list(batches(_plans(count, per_shard), size))
-    assert [plan for batch in found for plan in batch] == _plans(count, per_shard)
+    found = list(plan_batches(_plans(count, per_shard), size))
+    assert [plan for batch in found for plan in batch.plans()] == _plans(count, per_shard)
     for batch in found:
-        assert 1 <= len(batch) <= size and len({plan.shard for plan in batch}) == 1
+        assert 1 <= len(batch) <= size and {plan.shard for plan in batch.plans()} == {batch.shard}
     shard_sizes = [min(per_shard, count - first) for first in range(0, count, per_shard)]
     assert len(found) == sum(-(-shard // size) for shard in shard_sizes)  # as few as can be
 
@@ -86,12 +90,14 @@ def test_one_bad_image_of_a_batch_is_its_own_error_row(tmp_path: Path) -> None:
     bad = ImageSource(source=str(tmp_path / "bad.jpg"), url=str(tmp_path / "bad.jpg"))
     sources = [good[0].source, bad, good[1].source, good[2].source]
     plans = [ImagePlan(i + 1, source, 0, f"sa_{i + 1}") for i, source in enumerate(sources)]
+    (batch,) = plan_batches(plans, 4)
+    (two,) = plan_batches(plans[:2], 2)
     decoded = decode_sources(sources, ImageOptions(), {})
     candidates = InstantModelWorker().generate_batch(decoded)
     candidates[3] = Failure("generation failed: out of memory")
     storage = Storage(str(tmp_path / "out"))
     broken = finish_batch(
-        plans[:2],
+        two,
         decoded[:2],
         ["not mask columns", candidates[1]],  # type: ignore[list-item]
         storage=storage,
@@ -100,7 +106,7 @@ def test_one_bad_image_of_a_batch_is_its_own_error_row(tmp_path: Path) -> None:
     assert broken[0].error.startswith("internal error: ") and "\n" not in broken[0].error
     assert broken[1].status == "error" and not list(tmp_path.glob("out/.staging/*/*"))
     rows = finish_batch(
-        plans, decoded, candidates, storage=storage, generator_config=GeneratorConfig()
+        batch, decoded, candidates, storage=storage, generator_config=GeneratorConfig()
     )
     assert [row.status for row in rows] == [STATUS_OK, "error", STATUS_OK, "error"]
     assert isinstance(decoded[1], Failure) and rows[1].error == decoded[1].message
@@ -153,3 +159,26 @@ def test_the_output_does_not_depend_on_the_batch_size(local_ray: None, tmp_path:
     assert dataset_files(tmp_path / "b16") == dataset_files(tmp_path / "b1")
     # three calls per batch (decode, model, finish) and one commit per shard
     assert calls == {1: 3 * 23 + 3, 4: 3 * (3 + 3 + 1) + 3, 16: 3 * (1 + 1 + 1) + 3}
+
+
+def test_candidates_travel_unchanged(local_ray: None) -> None:
+    """MaskColumns pickle as NumPy arrays (cheap for Ray to move): same values and types,
+    and writable tensors even from Ray's read-only shared memory."""
+    sent = MaskColumns(
+        iou_preds=torch.rand(3),
+        stability_score=torch.rand(3),
+        points=torch.rand(3, 2, dtype=torch.float64),
+        boxes=torch.arange(12).view(3, 4),
+        crop_boxes=torch.arange(12).view(3, 4) * 2,
+        rles=[{"size": [2, 2], "counts": [i, 4 - i]} for i in range(3)],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it is given read-only memory
+        received_both = [pickle.loads(pickle.dumps(sent)), ray.get(ray.put(sent))]
+    for received in received_both:
+        assert received.rles == sent.rles
+        for name in ("iou_preds", "stability_score", "points", "boxes", "crop_boxes"):
+            mine, theirs = getattr(received, name), getattr(sent, name)
+            assert mine.dtype == theirs.dtype and torch.equal(mine, theirs)
+        received.boxes += 1  # writable, not a view of the sender's memory
+        assert torch.equal(sent.boxes, torch.arange(12).view(3, 4))
