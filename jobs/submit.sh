@@ -34,7 +34,6 @@ exec ray job submit --address "$RAY_ADDRESS" \
     resources.gpus_per_actor=1 \
     resources.cpus_per_actor=4 \
     resources.batch_images=16 \
-    resources.max_in_flight=$((GPUS * 48)) \
     images_per_shard=11000 \
     generator=sa1b \
     "$@"
