@@ -182,3 +182,23 @@ def test_candidates_travel_unchanged(local_ray: None) -> None:
             assert mine.dtype == theirs.dtype and torch.equal(mine, theirs)
         received.boxes += 1  # writable, not a view of the sender's memory
         assert torch.equal(sent.boxes, torch.arange(12).view(3, 4))
+
+
+@pytest.mark.parametrize(
+    ("settings", "batch", "in_flight"),
+    [
+        ({}, 16, 48),
+        ({"batch_images": 64, "model_actors": 2}, 64, 384),
+        ({"max_in_flight": 5}, 5, 5),
+    ],
+)
+def test_a_batch_never_exceeds_what_may_be_in_flight(
+    settings: dict[str, int], batch: int, in_flight: int
+) -> None:
+    resources = Resources(**settings)  # type: ignore[arg-type]
+    assert (resources.batch_size, resources.images_in_flight) == (batch, in_flight)
+
+
+def test_a_batch_of_no_images_is_refused() -> None:
+    with pytest.raises(ValueError, match="resources.batch_images must be >= 1, got 0"):
+        Resources(batch_images=0)
