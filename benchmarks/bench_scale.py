@@ -342,9 +342,11 @@ def in_cluster(args: argparse.Namespace, plans: Storage, root: Path) -> dict[str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=100_000)
-    parser.add_argument("--per-shard", type=int, default=1000)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=int, default=100_000, help="images to generate")
+    parser.add_argument("--per-shard", type=int, default=1000, help="images_per_shard")
     parser.add_argument("--workers", type=int, default=2, help="stand-in model workers")
     parser.add_argument("--batch", type=int, default=64, help="resources.batch_images")
     parser.add_argument("--flight", type=int, default=None, help="resources.max_in_flight")
@@ -385,19 +387,19 @@ def measure_all(args: argparse.Namespace, plans: Storage, root: Path) -> dict[st
     def run(name: str, count: int) -> Run:
         return Run(plans=plans, out=root / name, count=count, per_shard=args.per_shard)
 
-    def core(name: str, count: int, batch: int, flight: int | None, **actor: Any) -> Measure:
+    def core(name: str, count: int, batch: int, flight: int | None) -> Measure:
         return run_core(
-            run(name, count), batch=batch, flight=flight, workers=args.workers, actor_options=actor
+            run(name, count), batch=batch, flight=flight, workers=args.workers, actor_options={}
         )
 
-    result: dict[str, Any] = {}
+    others: dict[str, Any] = {}
     ray.init(include_dashboard=False, log_to_driver=False)
     try:
         if args.baseline_images:
             count = min(args.baseline_images, args.images)
-            result["baseline"] = report("baseline, 1 image per batch", core("base", count, 1, 64))
+            others["baseline"] = report("baseline, 1 image per batch", core("base", count, 1, 64))
         batched = core("batched", args.images, args.batch, args.flight)
-        result.update(report(f"batched, {args.batch} images per batch", batched))
+        result = {**report(f"batched, {args.batch} images per batch", batched), **others}
         if args.ray_data_images:
             from benchmarks.scale_ray_data import run_ray_data
 
