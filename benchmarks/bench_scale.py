@@ -16,7 +16,7 @@ SA-1B's 11M images. The last line is JSON: the batched pipeline on the embedded 
 with the others under "baseline", "ray_data" and "cluster".
 
     python -m benchmarks.bench_scale [--images 100000] [--per-shard 1000] [--batch 64]
-        [--baseline-images 2000] [--ray-data-images 0] [--no-cluster] [--gpu-seconds 2.1]
+        [--baseline-images 2000] [--ray-data-images 0] [--no-cluster] [--gpu-seconds 2.1 0.05]
 """
 
 from __future__ import annotations
@@ -202,11 +202,16 @@ class CommitClock:
     def __init__(self, measure: Measure) -> None:
         self.measure = measure
         self.last: dict[str, float] = {}
+        self.done = 0
+        self.start = time.perf_counter()
 
     def on_rows(self, rows: list[ManifestRow]) -> None:
         now = time.perf_counter()
         for shard in {row.shard for row in rows}:
             self.last[shard] = now
+        before, self.done = self.done, self.done + len(rows)
+        if self.done // 20_000 > before // 20_000:  # progress on long runs
+            print(f"  {self.done} images, {self.done / (now - self.start):.0f}/s", flush=True)
 
     def on_shard(self, info: ShardInfo) -> None:
         finished = self.last[f"sa_{info.shard:06d}"]
