@@ -33,7 +33,7 @@ exec ray job submit --address "$RAY_ADDRESS" \
     resources.model_actors="$GPUS" \
     resources.gpus_per_actor=1 \
     resources.cpus_per_actor=4 \
-    resources.max_in_flight=$((GPUS * 6)) \
+    resources.batch_images=16 \
     images_per_shard=11000 \
     generator=sa1b \
     "$@"

@@ -3,15 +3,20 @@ stages each image's two files for its shard, then commits the shard: its tar pac
 staged files (webdataset's writer, fixed metadata: the same files give the same bytes), then
 its manifest part (the commit marker), then the staged files dropped.
 
-`stage_image` and `commit_shard` serve writers that finish images in parallel (a generation
-job's tasks); `DatasetWriter` serves those that write images one after another.
+`stage_image` and `commit_shard` serve writers that finish images in parallel;
+`stage_piece` stages a batch of images as one file (a generation job's finish tasks: one
+storage write per batch instead of two per image, which is what object storage charges
+for), and `commit_shard(..., pieces=...)` packs the shard from those pieces.
+`DatasetWriter` serves writers that write images one after another.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import webdataset
 
@@ -24,6 +29,7 @@ from engine.dataset.layout import (
     STATUS_OK,
     ManifestRow,
     dumps_json,
+    image_key,
     shard_name,
     staged_path,
     write_manifest_part,
@@ -74,6 +80,13 @@ def stage_image(
     shard; returns its manifest row."""
     storage.write_bytes(staged_path(shard, key, "jpg"), jpeg)
     storage.write_bytes(staged_path(shard, key, "json"), dumps_json(record))
+    return ok_row(shard, image_id=image_id, key=key, source=source, record=record)
+
+
+def ok_row(
+    shard: int, *, image_id: int, key: str, source: str, record: dict[str, Any]
+) -> ManifestRow:
+    """The manifest row of an image written with `record` (its SA-1B JSON)."""
     image = record["image"]
     return ManifestRow(
         image_id=image_id,
@@ -103,13 +116,34 @@ def error_row(*, image_id: int, key: str, source: str, shard: int, message: str)
     )
 
 
+StagedFiles = tuple[str, dict[str, bytes]]  # an image's key and its files by extension
+
+
+def piece_path(shard: int, first_image_id: int) -> str:
+    """Where a batch of a shard's images is staged as one file (named by its first image)."""
+    return f"{STAGING_DIR}/{shard_name(shard)}/{image_key(first_image_id)}.tar"
+
+
+def stage_piece(
+    storage: Storage, shard: int, first_image_id: int, images: list[StagedFiles]
+) -> None:
+    """Stage a batch of images (key and files, in image order) for their shard as one file:
+    their tar members exactly as the shard's tar holds them, so that committing the shard
+    (`commit_shard(..., pieces=[first_image_id, ...])`) only concatenates pieces."""
+    buffer = io.BytesIO()
+    with _tar_writer(buffer) as writer:
+        for key, files in images:
+            writer.write({"__key__": key, **files})
+        members = writer.tarstream.offset  # what follows is the end of the archive
+    storage.write_bytes(piece_path(shard, first_image_id), buffer.getvalue()[:members])
+
+
 def pack_shard(storage: Storage, shard: int, keys: list[str]) -> int:
-    """Write sa_<shard>.tar from the staged files of `keys` (in that order) under a
-    temporary name renamed into place when complete; returns its size in bytes."""
+    """Write sa_<shard>.tar from the staged files of `keys` (in that order, staged by
+    `stage_image`) under a temporary name renamed into place when complete; returns its
+    size in bytes."""
     with storage.open_atomic(f"{shard_name(shard)}.tar") as handle:
-        with webdataset.TarWriter(
-            handle, encoder=False, user="", group="", mode=0o644, mtime=0.0
-        ) as writer:
+        with _tar_writer(handle) as writer:
             for key in keys:
                 files = {ext: storage.read_bytes(staged_path(shard, key, ext)) for ext in FILES}
                 writer.write({"__key__": key, **files})
@@ -117,12 +151,38 @@ def pack_shard(storage: Storage, shard: int, keys: list[str]) -> int:
     return size
 
 
-def commit_shard(storage: Storage, shard: int, rows: list[ManifestRow]) -> ShardInfo:
+def _tar_writer(handle: IO[bytes]) -> webdataset.TarWriter:
+    """The one way this format writes a tar: fixed metadata, so the same files give the
+    same bytes."""
+    return webdataset.TarWriter(handle, encoder=False, user="", group="", mode=0o644, mtime=0.0)
+
+
+def pack_pieces(storage: Storage, shard: int, pieces: list[int]) -> int:
+    """Write sa_<shard>.tar from its staged pieces (`stage_piece`, named by their first
+    image ids) in image order, then the end of the archive as tarfile writes it (two zero
+    blocks, zeros up to a whole record): the bytes `pack_shard` gives for the same images.
+    Returns the tar's size in bytes."""
+    with storage.open_atomic(f"{shard_name(shard)}.tar") as handle:
+        for first in sorted(pieces):
+            handle.write(storage.read_bytes(piece_path(shard, first)))
+        end = handle.tell() + 2 * tarfile.BLOCKSIZE
+        handle.write(bytes(2 * tarfile.BLOCKSIZE + -end % tarfile.RECORDSIZE))
+        size = handle.tell()
+    return size
+
+
+def commit_shard(
+    storage: Storage, shard: int, rows: list[ManifestRow], pieces: list[int] | None = None
+) -> ShardInfo:
     """Pack the shard's staged files into its tar, then write its manifest part (the
-    commit marker), then drop the staged files."""
+    commit marker), then drop the staged files. pieces: the first image ids of the pieces
+    the ok images were staged in (`stage_piece`); None: staged one by one (`stage_image`)."""
     rows = sorted(rows, key=lambda row: row.image_id)
     ok = [row for row in rows if row.status == STATUS_OK]
-    tar_bytes = pack_shard(storage, shard, [row.key for row in ok])
+    if pieces is None:
+        tar_bytes = pack_shard(storage, shard, [row.key for row in ok])
+    else:
+        tar_bytes = pack_pieces(storage, shard, pieces)
     write_manifest_part(storage, shard, rows)
     storage.remove(f"{STAGING_DIR}/{shard_name(shard)}")
     return ShardInfo(

@@ -1,49 +1,71 @@
-"""The CPU end of one image in a generation job: the generator's finishing steps (holes and
-islands, RLE), its SA-1B JSON, and its two files staged for its shard
-(`engine.dataset.writer`). A plain function, usable in-process; the pipeline runs it as a Ray
-task."""
+"""The CPU end of a batch of images in a generation job: for each image the generator's
+finishing steps (holes and islands, RLE) and its SA-1B JSON, then the batch's files staged
+for its shard as one piece (`engine.dataset.writer.stage_piece`). Plain functions, usable
+in-process; the pipeline runs `finish_batch` as a Ray task."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from engine.dataset import ManifestRow
-from engine.dataset.writer import error_row, image_entry, numbered, stage_image
-from engine.generation.plan import ImagePlan
+from engine.dataset import ManifestRow, dumps_json
+from engine.dataset.writer import StagedFiles, error_row, image_entry, numbered, ok_row, stage_piece
+from engine.generation.plan import ImagePlan, PlanBatch
 from engine.images import DecodedImage
 from engine.storage import Storage
-from engine.workers.decode import Failure
+from engine.workers.decode import Failure, guarded
 from stages.automatic import GeneratorConfig, finish_candidates, to_annotations
 from stages.automatic.columns import MaskColumns
+
+
+def finish_batch(
+    batch: PlanBatch,
+    decoded: list[DecodedImage | Failure],
+    candidates: list[MaskColumns | Failure],
+    *,
+    storage: Storage,
+    generator_config: GeneratorConfig,
+) -> list[ManifestRow]:
+    """Post-processing and SA-1B JSON of each image of a batch (all of one shard, in image
+    order), their files staged as one piece named by the first image; returns their manifest
+    rows (an image that failed anywhere is an error row, the others go on)."""
+    plans = batch.plans()
+    rows: list[ManifestRow] = []
+    staged: list[StagedFiles] = []
+    for plan, image, masks in zip(plans, decoded, candidates, strict=True):
+        finished = guarded(finish_image, plan, image, masks, generator_config)
+        if isinstance(finished, Failure):
+            rows.append(failed_row(plan, finished.message))
+            continue
+        row, files = finished
+        rows.append(row)
+        if files is not None:
+            staged.append((plan.key, files))
+    if staged:
+        stage_piece(storage, plans[0].shard, plans[0].image_id, staged)
+    return rows
 
 
 def finish_image(
     plan: ImagePlan,
     decoded: DecodedImage | Failure,
     candidates: MaskColumns | Failure,
-    *,
-    storage: Storage,
     generator_config: GeneratorConfig,
-) -> ManifestRow:
-    """Post-processing, SA-1B JSON, and the image's two files staged for its shard."""
+) -> tuple[ManifestRow, dict[str, bytes] | None]:
+    """One image's manifest row and its files for the shard (None when it failed)."""
     for failed in (decoded, candidates):
         if isinstance(failed, Failure):
-            return failed_row(plan, failed.message)
+            return failed_row(plan, failed.message), None
     assert isinstance(decoded, DecodedImage) and not isinstance(candidates, Failure)
     annotations = to_annotations(finish_candidates(candidates, generator_config))
     height, width = decoded.size_hw
     image: dict[str, Any] = image_entry(plan.image_id, plan.key, width=width, height=height)
     if decoded.blurred is not None:
         image["privacy_blurred"] = decoded.blurred  # regions blurred before generation
-    return stage_image(
-        storage,
-        plan.shard,
-        image_id=plan.image_id,
-        key=plan.key,
-        source=plan.source.source,
-        jpeg=decoded.jpeg,
-        record={"image": image, "annotations": numbered(plan.image_id, annotations)},
+    record = {"image": image, "annotations": numbered(plan.image_id, annotations)}
+    row = ok_row(
+        plan.shard, image_id=plan.image_id, key=plan.key, source=plan.source.source, record=record
     )
+    return row, {"jpg": decoded.jpeg, "json": dumps_json(record)}
 
 
 def failed_row(plan: ImagePlan, message: str) -> ManifestRow:

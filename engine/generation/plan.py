@@ -39,6 +39,55 @@ class ImagePlan:
     key: str
 
 
+@dataclass(frozen=True)
+class PlanBatch:
+    """Consecutive images of one shard of the plan, as columns (what a job sends to its
+    tasks: plain lists are several times cheaper to send than an object per image)."""
+
+    shard: int
+    image_ids: list[int]
+    sources: list[str]
+    urls: list[str]
+    offsets: list[int]
+    sizes: list[int]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def image_sources(self) -> list[ImageSource]:
+        columns = zip(self.sources, self.urls, self.offsets, self.sizes, strict=True)
+        return [ImageSource(source=s, url=u, offset=o, size=n) for s, u, o, n in columns]
+
+    def plans(self) -> list[ImagePlan]:
+        return [
+            ImagePlan(image_id=image_id, source=source, shard=self.shard, key=image_key(image_id))
+            for image_id, source in zip(self.image_ids, self.image_sources(), strict=True)
+        ]
+
+
+def plan_batches(plans: Iterable[ImagePlan], size: int) -> Iterator[PlanBatch]:
+    """Consecutive images of the plan, at most `size` at a time, never two shards in one."""
+    batch: list[ImagePlan] = []
+    for plan in plans:
+        if batch and (len(batch) == size or plan.shard != batch[0].shard):
+            yield _columns_of(batch)
+            batch = []
+        batch.append(plan)
+    if batch:
+        yield _columns_of(batch)
+
+
+def _columns_of(plans: list[ImagePlan]) -> PlanBatch:
+    return PlanBatch(
+        shard=plans[0].shard,
+        image_ids=[plan.image_id for plan in plans],
+        sources=[plan.source.source for plan in plans],
+        urls=[plan.source.url for plan in plans],
+        offsets=[plan.source.offset for plan in plans],
+        sizes=[plan.source.size for plan in plans],
+    )
+
+
 PLAN_FILE = "plan.parquet"
 PLAN_INFO_FILE = "plan.json"
 PLAN_SCHEMA = pa.schema(

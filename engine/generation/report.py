@@ -19,7 +19,7 @@ from engine.storage import Storage
 def run_with_progress(
     make_pipeline: Callable[..., Pipeline], *, total: int, done: int, progress: bool
 ) -> PipelineResult:
-    """Run the pipeline that `make_pipeline(on_image=..., on_shard=...)` builds, with a
+    """Run the pipeline that `make_pipeline(on_rows=..., on_shard=...)` builds, with a
     progress bar over all `total` images (`done` of them from earlier runs). Without a
     terminal (logs of `ray job submit`, KubeRay) the bar is redrawn at most every 10 s."""
     masks = [0]
@@ -35,12 +35,12 @@ def run_with_progress(
     )
     start = time.perf_counter()
 
-    def on_image(row: ManifestRow) -> None:
-        masks[0] += row.num_masks
-        failed[0] += row.status != STATUS_OK
+    def on_rows(rows: list[ManifestRow]) -> None:
+        masks[0] += sum(row.num_masks for row in rows)
+        failed[0] += sum(row.status != STATUS_OK for row in rows)
         rate = masks[0] / max(time.perf_counter() - start, 1e-9)
         bar.set_postfix_str(f"{rate:.1f} masks/s, {failed[0]} failed", refresh=False)
-        bar.update(1)
+        bar.update(len(rows))
 
     def on_shard(info: ShardInfo) -> None:
         bar.write(
@@ -48,7 +48,7 @@ def run_with_progress(
         )
 
     with bar:
-        return make_pipeline(on_image=on_image, on_shard=on_shard).run()
+        return make_pipeline(on_rows=on_rows, on_shard=on_shard).run()
 
 
 def worker_report(result: PipelineResult) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import torch
 from engine.embeddings import Embedding, embed_image
 from engine.errors import first_line
 from engine.images import DecodedImage
-from engine.workers.decode import Failure
+from engine.workers.decode import Failure, guarded
 from model import SamPredictor
 from model.checkpoint import sha256_of
 from stages.automatic import AutomaticMaskGenerator, GeneratorConfig
@@ -134,6 +134,11 @@ class ModelWorker:
                 return generator.generate_candidates(image.rgb)
 
         return self.run_on(decoded, work, what="generation")
+
+    def generate_batch(self, batch: list[DecodedImage | Failure]) -> list[MaskColumns | Failure]:
+        """`generate` on each image of a batch (one call, one result object for all);
+        an unexpected error on one image is its Failure, and the others go on."""
+        return [guarded(self.generate, decoded) for decoded in batch]
 
     def embed(self, decoded: DecodedImage | Failure) -> Embedding | Failure:
         """The image encoder alone (campaigns precompute embeddings for the annotators)."""

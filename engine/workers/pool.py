@@ -26,8 +26,10 @@ class ModelLoadError(UsageError):
 class Resources:
     """model_actors: model workers (one per GPU on a cluster); gpus_per_actor /
     cpus_per_actor / actor_resources (custom Ray resources, e.g. {"model_node": 1}): what
-    each holds; cpus_per_task: per decode/finish/commit task; max_in_flight: images between
-    decode and staging (None: 4 per model worker); max_restarts: restarts of a dead model
+    each holds; cpus_per_task: per decode/finish/commit task; batch_images: images per
+    decode/model/finish call of a generation job (the unit of work the driver handles);
+    max_in_flight: images between decode and staging (None: 4 per model worker, and for a
+    generation job 3 batches per model worker); max_restarts: restarts of a dead model
     worker before the job fails; capacity_wait_s: how long the job waits for a node that
     can host a model worker before it stops; device: 'auto' | 'cpu' | 'cuda'; precision:
     'fp32' (exact) | 'bf16' (fast, CUDA)."""
@@ -37,6 +39,7 @@ class Resources:
     cpus_per_actor: float = 1.0
     actor_resources: dict[str, float] = field(default_factory=dict)
     cpus_per_task: float = 1.0
+    batch_images: int = 16
     max_in_flight: int | None = None
     max_restarts: int = 3
     capacity_wait_s: float = 300.0
@@ -55,6 +58,8 @@ class Resources:
         for name in ("gpus_per_actor", "cpus_per_actor", "cpus_per_task"):
             if getattr(self, name) < 0:
                 raise ValueError(f"resources.{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_images < 1:
+            raise ValueError(f"resources.batch_images must be >= 1, got {self.batch_images}")
         if self.max_in_flight is not None and self.max_in_flight < 1:
             raise ValueError(f"resources.max_in_flight must be >= 1, got {self.max_in_flight}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -65,6 +70,16 @@ class Resources:
     @property
     def in_flight(self) -> int:
         return self.max_in_flight or 4 * self.model_actors
+
+    @property
+    def images_in_flight(self) -> int:
+        """A generation job's bound on images between decode and staging."""
+        return self.max_in_flight or 3 * self.batch_images * self.model_actors
+
+    @property
+    def batch_size(self) -> int:
+        """Images per batch of a generation job (never more than may be in flight)."""
+        return min(self.batch_images, self.images_in_flight)
 
     @property
     def actor_device(self) -> str:

@@ -51,16 +51,24 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def reference(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+# The lost-node case needs images that take the model a while (64 points each, not 4), so
+# that the node dies with images left to do, not after the last one is done.
+SLOWER = ("generator.points_per_side=8",)
+
+
+def _local_run(photos: Path, output: Path, *overrides: str) -> Path:
     """The same job on an embedded local Ray."""
-    output = tmp_path_factory.mktemp("reference") / "dataset"
     local = [a for a in JOB if not a.startswith("resources.actor_resources")]
     result = run_saengine(
-        "generate", f"input={photos}", f"output={output}", "ray.num_cpus=2", *local
+        "generate", f"input={photos}", f"output={output}", "ray.num_cpus=2", *local, *overrides
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return output
+
+
+@pytest.fixture(scope="module")
+def reference(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _local_run(photos, tmp_path_factory.mktemp("reference") / "dataset")
 
 
 @pytest.fixture(scope="module")
@@ -184,13 +192,15 @@ def test_an_output_that_a_node_does_not_see_is_refused(
 
 
 def test_losing_the_model_node_stops_the_job_and_a_resubmission_completes(
-    cluster: LocalCluster, photos: Path, reference: Path, tmp_path: Path
+    cluster: LocalCluster, photos: Path, tmp_path: Path
 ) -> None:
     """kill -9 of the model node's raylet mid-job: no other node can host a model worker,
     so the job stops with a clear error; with the node back, a resubmission resumes."""
+    reference = _local_run(photos, tmp_path / "reference", *SLOWER)
     output = tmp_path / "dataset"
     name = f"lost-node-{os.getpid()}"
-    process = _submit(cluster, name, f"input={photos}", f"output={output}", wait=False)
+    job = (f"input={photos}", f"output={output}", *SLOWER)
+    process = _submit(cluster, name, *job, wait=False)
     wait_for(lambda: committed(output) >= 1, "a committed shard", process)
     model_node = _node_with(cluster, "model_node")
     kill9(model_node.raylet_pid())
@@ -207,7 +217,7 @@ def test_losing_the_model_node_stops_the_job_and_a_resubmission_completes(
     cluster.nodes.remove(model_node)
     cluster.add_node(num_cpus=1, resources={"model_node": 1})
     again = f"lost-node-resumed-{os.getpid()}"
-    process = _submit(cluster, again, f"input={photos}", f"output={output}")
+    process = _submit(cluster, again, *job)
     logs = _logs(cluster, again)
     assert process.returncode == 0, logs[-3000:]
     assert "from earlier runs" in logs

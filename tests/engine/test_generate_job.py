@@ -165,6 +165,39 @@ def test_kill_9_of_a_model_worker_is_survived(
     assert dataset_files(output) == dataset_files(reference)
 
 
+# One shard of the four photos in batches of two, one batch in flight: a kill lands after
+# the first batch is staged as a piece and before the shard is committed.
+BATCHED = ("images_per_shard=4", "resources.batch_images=2", "resources.max_in_flight=2")
+
+
+def _staged_pieces(output: Path) -> int:
+    return len(list((output / ".staging").glob("*/*.tar")))
+
+
+def test_kill_9_mid_shard_with_batches_of_several_images(photos: Path, tmp_path: Path) -> None:
+    """A staged batch of an uncommitted shard is not trusted: after kill -9 of the driver a
+    rerun, and after kill -9 of a model worker the job itself, give what one run gives."""
+    whole = tmp_path / "whole"
+    result = run_saengine(*_args(photos, whole, *BATCHED))
+    assert result.returncode == 0, result.stderr
+    assert len(list(whole.glob("sa_*.tar"))) == 1
+    driver_killed = tmp_path / "driver-killed"
+    job = start_saengine(*_args(photos, driver_killed, *BATCHED), log=tmp_path / "log-1")
+    wait_for(lambda: _staged_pieces(driver_killed) >= 1, "a staged batch", job)
+    kill9(job.pid)
+    job.wait()
+    assert committed(driver_killed) == 0, "the kill should land before the shard's commit"
+    result = run_saengine(*_args(photos, driver_killed, *BATCHED))
+    assert result.returncode == 0, result.stderr
+    assert dataset_files(driver_killed) == dataset_files(whole)
+    worker_killed = tmp_path / "worker-killed"
+    job = start_saengine(*_args(photos, worker_killed, *BATCHED), log=tmp_path / "log-2")
+    wait_for(lambda: _staged_pieces(worker_killed) >= 1, "a staged batch", job)
+    kill9(processes_named("ray::ModelWorker")[0])
+    assert job.wait(timeout=TIMEOUT_S) == 0, (tmp_path / "log-2").read_text()[-2000:]
+    assert dataset_files(worker_killed) == dataset_files(whole)
+
+
 def test_changed_config_is_refused_unless_forced(reference: Path, photos: Path) -> None:
     before = dataset_files(reference)
     result = run_saengine(*_args(photos, reference, "generator.pred_iou_thresh=0.6"))
