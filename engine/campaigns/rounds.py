@@ -56,6 +56,7 @@ class RoundOutcome:
     metrics: dict[str, Any]
     detector: dict[str, Any] | None = None
     kind: str = "full"
+    parent_metrics: dict[str, Any] | None = None  # the model it was measured against
 
 
 def new_masks(campaign: Campaign) -> int:
@@ -145,7 +146,14 @@ def _run(
         publish_model(campaign, model_config, round_name=record.name)
     detector = _detector_round(campaign, model_config, data, eval_data)
     outcome = RoundOutcome(
-        round_id, record.name, record.promoted, record.reason, record.metrics, detector, kind
+        round_id,
+        record.name,
+        record.promoted,
+        record.reason,
+        record.metrics,
+        detector,
+        kind,
+        record.parent_metrics,
     )
     _finish(campaign, outcome)
     return outcome
@@ -263,6 +271,7 @@ def _finish(campaign: Campaign, outcome: RoundOutcome) -> None:
             "reason": outcome.reason,
             "kind": outcome.kind,
             "metrics": outcome.metrics,
+            "parent_metrics": outcome.parent_metrics,
             "detector": outcome.detector,
         }
     )
