@@ -23,7 +23,7 @@ from engine.embeddings import EmbeddingStore
 from engine.storage import Storage
 from engine.training.loop import BatchShare, TrainingLoop, run_in_process, run_on_ray
 from engine.training.reader import TrainingSample, load_sample
-from engine.training.trainer import SamTask, StepResult, TrainConfig, interactive_loss, sample_rng
+from engine.training.trainer import SamTask, StepResult, TrainConfig, sample_rng, share_loss
 
 KINDS = ("full", "decoder")
 
@@ -100,36 +100,26 @@ class DecoderTask(SamTask):
         and divided by the global batch size (as `SamTask.loss`)."""
         config, step = self.config, share.step
         decoder_params = [p for p in self.sam.mask_decoder.parameters() if p.requires_grad]
-        # Zero times a decoder weight: a graph to backpropagate even when no image of this
-        # share has a mask (every worker must take part in the gradient all-reduce).
-        total = decoder_params[0].sum() * 0.0
-        loss_sum, iou_sum, used = 0.0, 0.0, 0
-        for index in share.mine:
-            sample = load_sample(
+        samples = [
+            load_sample(
                 self.index[index],
                 image_size=self.sam.img_size,
                 max_masks=config.masks_per_image,
                 min_mask_area=config.min_mask_area,
                 rng=sample_rng(config, step, index),
             )
-            if not len(sample.masks):
-                continue
-            loss, stats = interactive_loss(
-                self.sam,
-                self.embedding(index, sample),
-                sample.masks.to(self.device),
-                sample_rng(config, step, index + 1_000_000_007),
-                num_iterations=config.num_iterations,
-                valid_size=(sample.image.shape[1], sample.image.shape[2]),
-            )
-            total = total + loss
-            loss_sum += float(loss.detach())
-            iou_sum += stats["first_iou"]
-            used += 1
-        sums = share.all_reduce([loss_sum, iou_sum, float(used)])
-        count = max(sums[2], 1.0)
-        values = {"loss": sums[0] / count, "first_iou": sums[1] / count}
-        return total / config.batch_size, {**values, "samples": len(share.indices)}
+            for index in share.mine
+        ]
+        # Zero times a decoder weight: a graph to backpropagate even when no image of this
+        # share has a mask (every worker must take part in the gradient all-reduce).
+        return share_loss(
+            self.sam,
+            config,
+            share,
+            samples,
+            lambda position: self.embedding(share.mine[position], samples[position]),
+            decoder_params[0].sum() * 0.0,
+        )
 
 
 def decoder_loop(

@@ -16,7 +16,7 @@ official-format state_dict, loadable by build_sam and by the official package),
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from engine.training.loop import (
     run_in_process,
     run_on_ray,
 )
-from engine.training.reader import load_sample
+from engine.training.reader import TrainingSample, load_sample
 from model import Sam, build_sam
 from model.checkpoint import save_atomic
 from model.losses import sam_loss
@@ -104,6 +104,41 @@ def interactive_loss(
             ious.append(iou * int(group.sum()))
     total = torch.stack(losses).sum() / len(masks)
     return total, {"first_iou": float(sum(ious) / len(masks))}
+
+
+def share_loss(
+    sam: Sam,
+    config: TrainConfig,
+    share: BatchShare,
+    samples: Sequence[TrainingSample],
+    embedding: Callable[[int], torch.Tensor],
+    total: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """This worker's images (`samples[k]` is image `share.mine[k]`, `embedding(k)` its image
+    embedding, asked only for images with masks): each one's mean interactive loss, added to
+    `total` and divided by the global batch size; logged: the mean loss and first-prompt IoU
+    of the images of the whole batch that have masks."""
+    loss_sum, iou_sum, used = 0.0, 0.0, 0
+    for position, (index, sample) in enumerate(zip(share.mine, samples)):
+        if not len(sample.masks):
+            continue
+        loss, stats = interactive_loss(
+            sam,
+            embedding(position),
+            sample.masks.to(total.device),
+            sample_rng(config, share.step, index + 1_000_000_007),
+            num_iterations=config.num_iterations,
+            valid_size=(sample.image.shape[1], sample.image.shape[2]),
+        )
+        total = total + loss
+        loss_sum += float(loss.detach())
+        iou_sum += stats["first_iou"]
+        used += 1
+    sums = share.all_reduce([loss_sum, iou_sum, float(used)])
+    count = max(sums[2], 1.0)
+    values = {"loss": sums[0] / count, "first_iou": sums[1] / count}
+    # Each worker's share of the global mean; all-reducing the gradients sums the shares.
+    return total / config.batch_size, {**values, "samples": len(share.indices)}
 
 
 def _simulate_group(
@@ -229,33 +264,18 @@ class SamTask:
         images = torch.stack(
             [self.sam.preprocess(s.image.to(self.device)[None])[0] for s in samples]
         )
-        loss_sum, iou_sum, used = 0.0, 0.0, 0
         with self._autocast():
             embeddings = self.sam.image_encoder(images)
             # Zero times the embeddings: a graph to backpropagate even when no image of this
             # share has a mask (every worker must take part in the gradient all-reduce).
-            total = embeddings.sum() * 0.0
-            for position, (index, sample) in enumerate(zip(share.mine, samples)):
-                if not len(sample.masks):
-                    continue
-                rng = sample_rng(config, step, index + 1_000_000_007)
-                loss, stats = interactive_loss(
-                    self.sam,
-                    embeddings[position : position + 1],
-                    sample.masks.to(self.device),
-                    rng,
-                    num_iterations=config.num_iterations,
-                    valid_size=(sample.image.shape[1], sample.image.shape[2]),
-                )
-                total = total + loss
-                loss_sum += float(loss.detach())
-                iou_sum += stats["first_iou"]
-                used += 1
-        sums = share.all_reduce([loss_sum, iou_sum, float(used)])
-        count = max(sums[2], 1.0)
-        values = {"loss": sums[0] / count, "first_iou": sums[1] / count}
-        # Each worker's share of the global mean; all-reducing the gradients sums the shares.
-        return total / config.batch_size, {**values, "samples": len(share.indices)}
+            return share_loss(
+                self.sam,
+                config,
+                share,
+                samples,
+                lambda position: embeddings[position : position + 1],
+                embeddings.sum() * 0.0,
+            )
 
     def _autocast(self) -> Any:
         if self.config.precision == "bf16" and self.device.type == "cuda":
