@@ -47,7 +47,9 @@ def test_batches_never_span_two_shards(count: int, per_shard: int, size: int) ->
     found = list(plan_batches(_plans(count, per_shard), size))
     assert [plan for batch in found for plan in batch.plans()] == _plans(count, per_shard)
     for batch in found:
-        assert 1 <= len(batch) <= size and {plan.shard for plan in batch.plans()} == {batch.shard}
+        # Each image's shard as the input plan gave it (image i + 1 is in shard i // per_shard).
+        shards = {(plan.image_id - 1) // per_shard for plan in batch.plans()}
+        assert 1 <= len(batch) <= size and shards == {batch.shard}
     shard_sizes = [min(per_shard, count - first) for first in range(0, count, per_shard)]
     assert len(found) == sum(-(-shard // size) for shard in shard_sizes)  # as few as can be
 
