@@ -28,7 +28,7 @@ from engine.campaigns.queue import image_sources
 from engine.campaigns.state import MaskOrigin
 from engine.campaigns.truth import TruthIndex
 from engine.embeddings import from_npy_bytes
-from stages.assisted.annotator import AnnotatorPolicy, Prediction, annotate_object
+from stages.assisted.annotator import AnnotatorPolicy, Prediction, annotate_object, onnx_decode
 from stages.assisted.prompts import mask_iou
 from stages.automatic.rle import coco_encode, masks_to_rles
 
@@ -133,26 +133,7 @@ class ScriptedAnnotator:
         session = self.decoders.get(self.client, model["decoder_url"])
         embedding = from_npy_bytes(self.client.request("GET", lease["embedding_url"]).content)
         size = (lease["image"]["height"], lease["image"]["width"])
-
-        def decode(
-            points: np.ndarray | None,
-            labels: np.ndarray | None,
-            box: np.ndarray | None,
-            mask_input: np.ndarray | None,
-            multimask: bool,
-        ) -> Prediction:
-            out = session.run(
-                embedding,
-                points=points,
-                labels=labels,
-                box=box,
-                mask_input=mask_input,
-                orig_size=size,
-            )
-            chosen = slice(1, 4) if multimask else slice(0, 1)
-            return Prediction(out.masks[chosen] > 0, out.iou[chosen], out.low_res[chosen])
-
-        return decode
+        return onnx_decode(session, embedding, size)
 
     def _submit(self, lease: dict[str, Any], outcome: Any, path: str = "/api/masks") -> None:
         """POST the object's mask (to `path`: a new mask, or a proposed mask's correction)."""

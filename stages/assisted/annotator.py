@@ -14,12 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+from model import SamPredictor
 from stages.assisted.prompts import largest_error_click, mask_iou, noisy_boxes, uniform_points
+
+if TYPE_CHECKING:  # onnxruntime is imported only where a decoder file is run
+    from stages.assisted.onnx_decoder import OnnxDecoder
 
 
 @dataclass(frozen=True)
@@ -169,3 +174,48 @@ def brush_stroke(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
     fixed = predicted.copy()
     fixed[largest] = target[largest]
     return fixed
+
+
+def onnx_decode(session: OnnxDecoder, embedding: np.ndarray, size: tuple[int, int]) -> Decode:
+    """The decoder as the page runs it: the exported decoder on one image's stored
+    embedding (C x h x w), for an image of `size` (H, W); its first output is the single
+    mask, the next three the multimask ones."""
+
+    def decode(
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        multimask: bool,
+    ) -> Prediction:
+        out = session.run(
+            embedding, points=points, labels=labels, box=box, mask_input=mask_input, orig_size=size
+        )
+        chosen = slice(1, 4) if multimask else slice(0, 1)
+        return Prediction(out.masks[chosen] > 0, out.iou[chosen], out.low_res[chosen])
+
+    return decode
+
+
+def predictor_decode(predictor: SamPredictor) -> Decode:
+    """The same decoder run by `predictor` in this process on its set image (torch, for
+    scripted measurements outside a campaign)."""
+
+    def decode(
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        multimask: bool,
+    ) -> Prediction:
+        logits, iou, low_res = predictor.predict(
+            points,
+            labels,
+            box,
+            None if mask_input is None else mask_input[None],
+            multimask_output=multimask,
+            return_logits=True,
+        )
+        return Prediction(logits > 0, iou, low_res)
+
+    return decode
