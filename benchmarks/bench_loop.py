@@ -17,10 +17,11 @@ its parent there, becomes the campaign's model (a full round's model gets the qu
 embedded again).
 
 Two measures per round r, both on images no round trained on:
-- the measuring set (what the target is read on): the same 60 scenes of a third split, every
-  object annotated by the scripted annotator with the model in use in round r, with the
-  same prompts for every model, so that rounds differ only by the model: clicks per mask,
-  median seconds per mask (the annotator model's clock), accepted masks per image;
+- the measuring set (what the target is read on): the same 60 scenes (split val, seed 1:
+  neither the campaign's nor the held-out ones), every object annotated by the scripted
+  annotator with the model in use in round r, with the same prompts for every model, so
+  that rounds differ only by the model: clicks per mask, median seconds per mask (the
+  annotator model's clock), accepted masks per image;
 - the campaign: the images annotated after round r and before round r + 1 (different images
   each round, which moves clicks per mask by up to a fifth with one model).
 Also the held-out metric of the model in use. Writes the campaign's stats.png (per model
