@@ -1,7 +1,7 @@
 """The data engine's loop on a CPU: rounds that cut the annotators' clicks per mask.
 
-    python -m benchmarks.bench_loop [--rounds 4] [--masks-per-round 100] [--steps 400]
-        [--kind full|decoder] [--iou-target 0.75] [--images 300] [--plot loop.png]
+    python -m benchmarks.bench_loop [--rounds 4] [--masks-per-round 150] [--steps 400]
+        [--kind full|decoder] [--iou-target 0.75] [--images 400] [--plot loop.png]
         [--keep <dir>]
 
 A stage-1 campaign on scenes of a family the starting model (the bundled one, trained on the
@@ -349,7 +349,7 @@ def main() -> None:
     parser.add_argument(
         "--masks-per-round",
         type=int,
-        default=100,
+        default=150,
         help="a round after this many accepted masks (retrain_every)",
     )
     parser.add_argument("--steps", type=int, default=400, help="training steps per round")
@@ -370,7 +370,7 @@ def main() -> None:
     parser.add_argument(
         "--iou-target", type=float, default=0.75, help="the annotators accept at this IoU"
     )
-    parser.add_argument("--images", type=int, default=300, help="campaign images")
+    parser.add_argument("--images", type=int, default=400, help="campaign images")
     parser.add_argument("--plot", type=Path, default=Path("loop.png"), help="the loop plot (PNG)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the campaign here")
     args = parser.parse_args()
