@@ -57,10 +57,10 @@ from engine.campaigns.simulate import simulate
 from engine.campaigns.stats import STATS_PLOT, campaign_stats, format_stats, plot_stats
 from engine.campaigns.versions import current_model, model_config_row
 from engine.training.synthetic import (
-    SPLIT_SEEDS,
     Scene,
     SceneOptions,
-    make_scene,
+    make_scenes,
+    scene_jpeg,
     write_synthetic_dataset,
 )
 from model import Sam, SamPredictor
@@ -231,14 +231,10 @@ def held_out_miou(records: list[dict[str, Any]]) -> list[float | None]:
 def measure_scenes(count: int = MEASURE_SCENES) -> list[Scene]:
     """Scenes of the unseen family that neither the campaign nor the rounds' held-out data
     hold (split val, seed 1), through the same JPEG encoding as the campaign's images."""
-    rng = np.random.default_rng([SPLIT_SEEDS["val"], 1])
-    scenes = []
-    for _ in range(count):
-        scene = make_scene(rng, UNSEEN)
-        buffer = io.BytesIO()
-        Image.fromarray(scene.image).save(buffer, format="JPEG", quality=95)
-        scenes.append(Scene(np.asarray(Image.open(buffer).convert("RGB")), scene.masks))
-    return scenes
+    return [
+        Scene(np.asarray(Image.open(io.BytesIO(scene_jpeg(scene))).convert("RGB")), scene.masks)
+        for scene in make_scenes(count, "val", 1, UNSEEN)
+    ]
 
 
 def scripted_figures(sam: Sam, scenes: list[Scene], policy: AnnotatorPolicy) -> dict[str, float]:

@@ -16,6 +16,7 @@ under an uneven light. The loop benchmark's campaigns annotate `clutter` scenes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -225,6 +226,29 @@ def scene_record(scene: Scene, image_id: int) -> dict[str, object]:
     return {"image": image, "annotations": numbered(image_id, annotations)}
 
 
+def make_scenes(
+    count: int, split: str = "train", seed: int = 0, options: SceneOptions | None = None
+) -> Iterator[Scene]:
+    """The scenes of `write_synthetic_dataset(split=split, seed=seed, options=options)`, in
+    order, without writing them."""
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
+    rng = np.random.default_rng([SPLIT_SEEDS[split], seed])
+    for _ in range(count):
+        yield make_scene(rng, options or SceneOptions())
+
+
+def scene_jpeg(scene: Scene) -> bytes:
+    """The scene's image as a synthetic dataset stores it."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(scene.image).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
 def write_synthetic_dataset(
     output: str,
     *,
@@ -236,24 +260,14 @@ def write_synthetic_dataset(
 ) -> list[str]:
     """Write `num_images` scenes as SA-1B shards + manifest; returns the shard names.
     The same (split, seed) always gives the same dataset; splits never share scenes."""
-    import io
-
-    from PIL import Image
-
-    if split not in SPLIT_SEEDS:
-        raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
     options = options or SceneOptions()
     writer = DatasetWriter(Storage(output), images_per_shard=images_per_shard)
-    rng = np.random.default_rng([SPLIT_SEEDS[split], seed])
-    for image_id in range(1, num_images + 1):
-        scene = make_scene(rng, options)
-        buffer = io.BytesIO()
-        Image.fromarray(scene.image).save(buffer, format="JPEG", quality=95)
+    for image_id, scene in enumerate(make_scenes(num_images, split, seed, options), start=1):
         writer.add(
             image_id=image_id,
             key=image_key(image_id),
             source=f"synthetic:{split}:{seed}:{image_id}",
-            jpeg=buffer.getvalue(),
+            jpeg=scene_jpeg(scene),
             record=scene_record(scene, image_id),
         )
     job = {
